@@ -9,7 +9,7 @@ the DRIVE test set: the top-hat had the higher AUC (0.936 vs 0.870 for Frangi) a
 ~10 ms at 512 px, where Frangi takes ~160 ms. All sizes scale with the FOV diameter
 (constants are for a 512 px diameter).
 
-The learned network (``VesselUNet``, ``train_vessel_net``) replaces it once trained; see
+The learned network (``build_unet``, ``train_vessel_net``) replaces it once trained; see
 ``python -m fundusgen.measure.vessels --help``.
 """
 from __future__ import annotations
@@ -201,8 +201,9 @@ def _torch():
     return torch
 
 
-def build_unet(channels: int = 16, depth: int = 3):
-    """A small U-Net (about 0.5 M parameters at 16 channels): RGB -> one vessel logit per pixel."""
+def build_unet(channels: int = 16, depth: int = 3, outputs: int = 1):
+    """A small U-Net (about 0.5 M parameters at 16 channels, depth 3): RGB -> ``outputs`` logits per
+    pixel (one for vessels; disc and cup in ``fundusgen.measure.disccup``)."""
     torch = _torch()
     nn = torch.nn
 
@@ -210,15 +211,15 @@ def build_unet(channels: int = 16, depth: int = 3):
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                              nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-    class VesselUNet(nn.Module):
+    class UNet(nn.Module):
         def __init__(self):
             super().__init__()
             widths = [channels * 2 ** i for i in range(depth + 1)]
-            self.config = {"channels": channels, "depth": depth}
+            self.config = {"channels": channels, "depth": depth, "outputs": outputs}
             self.down = nn.ModuleList([block(3, widths[0])] + [block(widths[i], widths[i + 1]) for i in range(depth)])
             self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
             self.merge = nn.ModuleList([block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
-            self.head = nn.Conv2d(widths[0], 1, 1)
+            self.head = nn.Conv2d(widths[0], outputs, 1)
 
         def forward(self, x):
             skips = []
@@ -230,7 +231,7 @@ def build_unet(channels: int = 16, depth: int = 3):
                 x = merge(torch.cat([up(x), skips.pop()], 1))
             return self.head(x)
 
-    return VesselUNet()
+    return UNet()
 
 
 @dataclass
@@ -259,12 +260,14 @@ def _vessel_images(folder: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def dice_bce(logits, target):
-    """BCE + soft Dice loss: BCE for per-pixel calibration, Dice against the vessel/background imbalance."""
+    """BCE + soft Dice loss: BCE for per-pixel calibration, Dice against the foreground/background
+    imbalance. Dice is taken per output channel over the batch and averaged over channels."""
     torch = _torch()
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
     p = torch.sigmoid(logits)
-    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
-    return bce + dice
+    dims = (0, 2, 3)
+    dice = 1 - (2 * (p * target).sum(dims) + 1) / (p.sum(dims) + target.sum(dims) + 1)
+    return bce + dice.mean()
 
 
 def train_vessel_net(cfg: VesselTrainConfig, progress: bool = True) -> Path:
