@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+
+from fundusgen.errors import FundusgenError
+from fundusgen.measure.disccup import (DiscCupTrainConfig, _batch, build_net, dice_bce, drishti_examples,
+                                       load_disc_cup_net, main, train_disc_cup_net, vertical_cdr)
+from tests.measure_fixtures import write_drishti
+
+
+@pytest.fixture()
+def one_thread():
+    """Small convolutions on one thread: two on a busy 2-core machine run many times slower."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train_mode_loss(net, batch) -> float:
+    import torch
+    net.train()  # batch statistics, so a few steps of training show without settled running means
+    with torch.no_grad():
+        return float(dice_bce(net(batch[0]), batch[1]))
+
+
+def test_training_lowers_the_loss_on_a_synthetic_drishti(tmp_path, one_thread):
+    import torch
+    from fundusgen.train.checkpoint import step_generator
+    root = write_drishti(tmp_path / "drishti")
+    cfg = DiscCupTrainConfig(data=str(root), out=str(tmp_path / "net"), steps=100, batch_size=4, crop=32,
+                             channels=8, depth=2, lr=1e-2, checkpoint_every=100)
+    batch = _batch(drishti_examples(root, "training"), 8, cfg.crop, step_generator(123, 0))
+    torch.manual_seed(cfg.seed)
+    untrained = build_net(cfg.channels, cfg.depth, cfg.crop)
+    trained = load_disc_cup_net(train_disc_cup_net(cfg, progress=False))
+    assert _train_mode_loss(trained, batch) < 0.5 * _train_mode_loss(untrained, batch)  # 1.62 -> 0.54
+
+
+def test_training_resumes_exactly_after_a_kill(tmp_path, monkeypatch, one_thread):
+    import torch
+    from fundusgen.train import checkpoint
+    root = write_drishti(tmp_path / "drishti")
+    small = dict(data=str(root), steps=4, batch_size=2, crop=32, channels=4, depth=2, checkpoint_every=2)
+    straight = train_disc_cup_net(DiscCupTrainConfig(out=str(tmp_path / "a"), **small), progress=False)
+    save = checkpoint.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after the step-2 checkpoint
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_disc_cup_net(DiscCupTrainConfig(out=str(tmp_path / "b"), **small), progress=False)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    resumed = train_disc_cup_net(DiscCupTrainConfig(out=str(tmp_path / "b"), **small), progress=False)
+    a, b = load_disc_cup_net(straight), load_disc_cup_net(resumed)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_a_model_of_another_kind_is_refused_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "vessel-unet", "channels": 4, "depth": 2}))
+    with pytest.raises(FundusgenError, match="not a disc/cup network"):
+        load_disc_cup_net(tmp_path)
+
+
+def test_training_without_drishti_says_so(tmp_path, capsys, one_thread):  # main sets the thread count
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "net")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data folder not found" in err
+
+
+def test_vertical_cdr_is_the_ratio_of_vertical_extents():
+    disc, cup = np.zeros((50, 50), bool), np.zeros((50, 50), bool)
+    disc[10:40, 5:45] = True   # 30 rows high, wider than high: only the vertical extent counts
+    cup[16:28, 20:30] = True   # 12 rows
+    assert vertical_cdr(disc, cup) == pytest.approx(0.4)
