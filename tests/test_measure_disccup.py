@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 
 from fundusgen.errors import FundusgenError
-from fundusgen.measure.disccup import (DiscCupTrainConfig, _batch, build_net, dice_bce, drishti_examples,
-                                       load_disc_cup_net, main, train_disc_cup_net, vertical_cdr)
-from tests.measure_fixtures import write_drishti
+from fundusgen.measure.disc import find_disc
+from fundusgen.measure.disccup import (SHIPPED, DiscCupTrainConfig, _batch, build_net, dice_bce, drishti_examples,
+                                       evaluate, load_disc_cup_net, main, segment_disc_cup, shipped_net,
+                                       train_disc_cup_net, vertical_cdr)
+from fundusgen.measure.vessels import classical_vessels
+from tests.measure_fixtures import retina_square, write_drishti
 
 
 @pytest.fixture()
@@ -61,6 +64,14 @@ def test_training_resumes_exactly_after_a_kill(tmp_path, monkeypatch, one_thread
         assert torch.equal(x, y), name
 
 
+def test_the_shipped_weights_load():
+    net = shipped_net()
+    assert net is not None and net.config["outputs"] == 2
+    assert json.loads((SHIPPED / "config.json").read_text())["kind"] == "disc-cup-unet"
+    assert (SHIPPED / "model.safetensors").stat().st_size < 5_000_000
+    assert (SHIPPED / "README.md").is_file()  # the model card naming the data and its terms
+
+
 def test_a_model_of_another_kind_is_refused_in_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"kind": "vessel-unet", "channels": 4, "depth": 2}))
     with pytest.raises(FundusgenError, match="not a disc/cup network"):
@@ -78,3 +89,24 @@ def test_vertical_cdr_is_the_ratio_of_vertical_extents():
     disc[10:40, 5:45] = True   # 30 rows high, wider than high: only the vertical extent counts
     cup[16:28, 20:30] = True   # 12 rows
     assert vertical_cdr(disc, cup) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("offset, scale", [(0.0, 1.0), (0.35, 1.4), (-0.3, 0.8)])
+def test_the_network_finds_one_disc_on_the_scikit_image_retina(offset, scale):
+    image, fov = retina_square(512)
+    x, y, d = find_disc(image, fov, classical_vessels(image, fov)[1])
+    found = segment_disc_cup(shipped_net(), image, fov, (x + offset * d, y - offset * d, scale * d))
+    assert found is not None
+    assert found.x < 0.3 * 512 and 0.3 * 512 < found.y < 0.7 * 512  # on the left, mid-height
+    fov_diameter = fov.any(0).sum()
+    assert 0.08 < found.diameter / fov_diameter < 0.25  # a disc is about a sixth of a 45-degree field
+    assert found.cup.any() and not (found.cup & ~found.disc).any()
+    assert 0.1 < found.cdr < 0.9
+
+
+def test_targets_on_the_drishti_test_set(shared_data, one_thread):
+    """Issue 3's targets on all 51 test images: disc Dice >= 0.93, cup Dice >= 0.80, CDR mean
+    absolute error against the experts' mean <= 0.08. Measured: 0.971, 0.900, 0.051."""
+    report = evaluate(shipped_net(), drishti_examples(shared_data / "drishti_gs1", "test"))
+    assert report["images"] == 51 and report["found"] == 51
+    assert report["disc_dice"] >= 0.93 and report["cup_dice"] >= 0.80 and report["cdr_mae"] <= 0.08, report
