@@ -104,6 +104,13 @@ def test_the_network_finds_one_disc_on_the_scikit_image_retina(offset, scale):
     assert 0.1 < found.cdr < 0.9
 
 
+def test_measure_reports_the_network_disc_and_cdr():
+    from fundusgen.measure.attributes import measure
+    m = measure(*retina_square(512))
+    assert m["disc"]["method"] == "network" and 0.1 < m["disc"]["cdr"] < 0.9
+    assert m["disc"]["x"] < 0.3 and m["eye"] == "left"
+
+
 def test_targets_on_the_drishti_test_set(shared_data, one_thread):
     """Issue 3's targets on all 51 test images: disc Dice >= 0.93, cup Dice >= 0.80, CDR mean
     absolute error against the experts' mean <= 0.08. Measured: 0.971, 0.900, 0.051."""

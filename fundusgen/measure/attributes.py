@@ -4,23 +4,30 @@ from __future__ import annotations
 import numpy as np
 
 from fundusgen.data.quality import assess
-from fundusgen.measure.disc import anatomy, regions
+from fundusgen.measure.disc import anatomy, find_disc, regions
+from fundusgen.measure.disccup import segment_disc_cup, shipped_net
 from fundusgen.measure.lesions import haze, lesion_cues
 from fundusgen.measure.vessels import classical_vessels, regional_morphology
 
-VERSION = 1  # bump when a measurement changes, so stored measurements are redone
+VERSION = 2  # bump when a measurement changes, so stored measurements are redone
 
 
 def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = None) -> dict:
     """Attributes of a square RGB fundus image (uint8) with its FOV mask (bool).
 
     ``vessels`` may be given (a manual or learned mask); otherwise the classical one is used.
+    The optic disc and the vertical cup-to-disc ratio come from the shipped disc/cup network,
+    started at the classical disc; where its weights are absent or it finds no disc there, the
+    classical disc stands and the CDR is unknown (None).
     Positions are fractions of the image side, so they do not depend on the resolution.
     """
     fov = fov.astype(bool)
     if vessels is None:
         _, vessels = classical_vessels(image, fov)
-    a = anatomy(image, fov, vessels)
+    disc = find_disc(image, fov, vessels)
+    net = shipped_net()
+    found = segment_disc_cup(net, image, fov, disc) if net is not None else None
+    a = anatomy(image, fov, (found.x, found.y, found.diameter) if found else disc)
     side = float(image.shape[1])
     q = assess(image, fov)
     return {
@@ -28,7 +35,8 @@ def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = Non
         "quality": q.to_json(),
         "haze": haze(image, fov),
         "disc": {"x": round(a.disc_x / side, 4), "y": round(a.disc_y / side, 4),
-                 "diameter": round(a.disc_diameter / side, 4), "ratio": round(a.disc_ratio, 4)},
+                 "diameter": round(a.disc_diameter / side, 4), "ratio": round(a.disc_ratio, 4),
+                 "cdr": round(found.cdr, 4) if found else None, "method": "network" if found else "classical"},
         "fovea": None if a.fovea_x is None else {"x": round(a.fovea_x / side, 4), "y": round(a.fovea_y / side, 4)},
         "eye": a.eye, "eye_confidence": round(a.eye_confidence, 4),
         "vessels": regional_morphology(vessels, fov, regions(fov.shape, fov, a)),

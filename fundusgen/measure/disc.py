@@ -105,8 +105,9 @@ def find_fovea(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float
     return float(fx), float(fy)
 
 
-def anatomy(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray) -> Anatomy:
-    dx, dy, dd = find_disc(rgb, fov, vessels)
+def anatomy(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float]) -> Anatomy:
+    """Fovea and laterality around a disc (x, y, diameter) found by ``find_disc`` or the network."""
+    dx, dy, dd = disc
     cx, cy, radius = fov_geometry(fov)
     fovea = find_fovea(rgb, fov, (dx, dy, dd))
     offset = (dx - cx) / radius
