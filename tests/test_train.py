@@ -92,3 +92,27 @@ def test_training_killed_with_sigkill_resumes_to_exactly_the_same_weights(prepar
         b = load_file(str(next((tmp_path / "b" / "model" / part).glob("*.safetensors"))))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{part} weights differ after resuming"
+
+
+def _autoencoder(prepared: Path, tmp_path: Path, name: str, steps: int, decoder_steps: int) -> dict:
+    from fundusgen.train.autoencoder import train_autoencoder
+    tiny = {**TINY, "autoencoder": {**TINY["autoencoder"], "steps": steps, "decoder_steps": decoder_steps}}
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**tiny, "data": str(prepared), "out": str(tmp_path / name)}))
+    final = train_autoencoder(load_recipe(tmp_path / f"{name}.yaml"), progress=False)
+    return load_file(str(next(final.glob("*.safetensors"))))
+
+
+def test_decoder_phase_keeps_the_encoder_and_resumes_exactly(prepared, tmp_path):
+    plain = _autoencoder(prepared, tmp_path, "plain", 4, 0)
+    refined = _autoencoder(prepared, tmp_path, "refined", 4, 4)
+    encoder = [k for k in plain if k.startswith(("vae.encoder.", "vae.quant_conv."))]
+    decoder = [k for k in plain if k.startswith(("vae.decoder.", "vae.post_quant_conv."))]
+    assert encoder and decoder
+    assert all(torch.equal(plain[k], refined[k]) for k in encoder), "the decoder phase moved the encoder"
+    assert not all(torch.equal(plain[k], refined[k]) for k in decoder), "the decoder phase did not train the decoder"
+    # stop inside the decoder phase (checkpoint at step 6 of 8), then carry on: the same weights
+    _autoencoder(prepared, tmp_path, "resumed", 4, 2)
+    import shutil
+    shutil.rmtree(tmp_path / "resumed" / "autoencoder" / "final")
+    resumed = _autoencoder(prepared, tmp_path, "resumed", 4, 4)
+    assert all(torch.equal(refined[k], resumed[k]) for k in refined), "resuming inside the decoder phase changed the weights"

@@ -14,6 +14,7 @@ The learned network (``build_unet``, ``train_vessel_net``) replaces it once trai
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ import numpy as np
 _TOPHAT_SIZES = (9, 15, 21)   # disk diameters at a 512 px FOV: wider than the widest vessel
 _THRESHOLD_SD = 0.9
 _MIN_SPECK = 30               # px at 512: smaller components are noise
+SHIPPED = Path(__file__).parent / "weights" / "vessels"
 
 
 def fov_scale(fov: np.ndarray) -> float:
@@ -347,23 +349,70 @@ def _batch(images, batch_size: int, crop: int, g):
 def load_vessel_net(folder: str | Path):
     """A trained U-Net from a model folder (config.json + model.safetensors), in eval mode."""
     from safetensors.torch import load_file
-    cfg = json.loads((Path(folder) / "config.json").read_text())
+    from fundusgen.errors import FundusgenError
+    folder = Path(folder)
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise FundusgenError(f"{folder}: not a vessel model folder ({e})") from None
+    if cfg.get("kind") != "vessel-unet":
+        raise FundusgenError(f"{folder}: not a vessel model folder (kind {cfg.get('kind')!r})")
     net = build_unet(cfg["channels"], cfg["depth"])
-    net.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    state = load_file(str(folder / "model.safetensors"))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net.config["threshold"] = float(cfg.get("threshold", 0.5))
     return net.eval()
 
 
-def network_vessels(net, rgb: np.ndarray, fov: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """(probability, mask) from a trained U-Net; the image is padded to a multiple of 2**depth."""
+@functools.lru_cache(maxsize=1)
+def shipped_vessel_net():
+    """The vessel network that ships in the package, or None when its weights are absent."""
+    return load_vessel_net(SHIPPED) if (SHIPPED / "model.safetensors").is_file() else None
+
+
+def calibrate_threshold(net, records, grid=np.arange(0.30, 0.71, 0.025)) -> tuple[float, float]:
+    """The probability threshold with the best mean F1 over ``records`` (the training images,
+    never the test images): (threshold, F1 there)."""
+    from fundusgen.data.fundus import detect_fov, load_mask, load_rgb
+    f1 = np.zeros(len(grid))
+    n = 0
+    for r in records:
+        if "vessels" not in r.masks:
+            continue
+        rgb = load_rgb(r.image)
+        fov = load_mask(r.masks["fov"]) if "fov" in r.masks else detect_fov(rgb)
+        truth = load_mask(r.masks["vessels"])[fov]
+        prob = network_vessels(net, rgb, fov)[0][fov]
+        for i, t in enumerate(grid):
+            p = prob > t
+            f1[i] += 2 * int((p & truth).sum()) / max(int(p.sum()) + int(truth.sum()), 1)
+        n += 1
+    best = int(np.argmax(f1))
+    return float(round(grid[best], 3)), float(f1[best] / max(n, 1))
+
+
+def network_vessels(net, rgb: np.ndarray, fov: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, mask) from a trained U-Net.
+
+    The net was trained on images whose FOV is 512 px across (``fundusgen prepare --size 512``),
+    so vessels have the widths it knows only at that scale: the image is resized to it, padded to
+    a multiple of 2**depth, and the probability map resized back."""
     torch = _torch()
     mult = 2 ** net.config["depth"]
     h, w = fov.shape
-    ph, pw = -h % mult, -w % mult
-    x = np.pad(rgb.astype(np.float32) / 255.0, ((0, ph), (0, pw), (0, 0)))
+    scale = fov_scale(fov)
+    img = rgb
+    if abs(scale - 1.0) > 0.02:
+        size = (max(1, round(w / scale)), max(1, round(h / scale)))
+        img = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
+    sh, sw = img.shape[:2]
+    x = np.pad(img.astype(np.float32) / 255.0, ((0, -sh % mult), (0, -sw % mult), (0, 0)))
     with torch.no_grad():
-        prob = torch.sigmoid(net(torch.from_numpy(x.transpose(2, 0, 1).copy())[None]))[0, 0, :h, :w].numpy()
+        prob = torch.sigmoid(net(torch.from_numpy(x.transpose(2, 0, 1).copy())[None]))[0, 0, :sh, :sw].numpy()
+    if (sh, sw) != (h, w):
+        prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
     prob = prob * fov
-    return prob, prob > threshold
+    return prob, prob > (net.config.get("threshold", 0.5) if threshold is None else threshold)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,10 +427,27 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("steps", "batch_size", "crop", "channels", "depth", "seed", "checkpoint_every"):
         t.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(VesselTrainConfig, name))
     t.add_argument("--lr", type=float, default=VesselTrainConfig.lr)
+    c = sub.add_parser("calibrate", help="set a trained model's threshold to the best F1 on the training images "
+                       "(DRIVE and CHASE_DB1 training splits, STARE), written into its config.json")
+    c.add_argument("data_root", help="folder holding drive/, chase_db1/ and stare/ in their native layouts")
+    c.add_argument("--model", required=True, help="the trained model folder")
     e = sub.add_parser("evaluate", help="F1/AUC against the first observer on DRIVE and CHASE_DB1 test images")
     e.add_argument("data_root", help="folder holding drive/ and chase_db1/ in their native layouts")
     e.add_argument("--model", help="a trained model folder (default: the classical method)")
     args = p.parse_args(argv)
+    if args.command == "calibrate":
+        records = [r for name in ("drive", "chase_db1", "stare") for r in read_source(name, Path(args.data_root) / name)
+                   if r.source_labels.get("split") != "test"]
+        threshold, f1 = calibrate_threshold(load_vessel_net(args.model), records)
+        cfg_path = Path(args.model) / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["threshold"] = threshold
+        cfg["threshold_calibration"] = {"images": len(records), "mean_f1": round(f1, 4),
+                                        "on": "DRIVE and CHASE_DB1 training splits, STARE"}
+        from fundusgen.data.shards import atomic_write_text
+        atomic_write_text(cfg_path, json.dumps(cfg, indent=2))
+        print(json.dumps(cfg["threshold_calibration"] | {"threshold": threshold}))
+        return 0
     if args.command == "train":
         cfg = VesselTrainConfig(**{k: getattr(args, k) for k in VesselTrainConfig.__dataclass_fields__})
         print(f"wrote {train_vessel_net(cfg)}")

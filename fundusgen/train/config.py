@@ -35,6 +35,8 @@ class AutoencoderTrainConfig:
     crop: int = 128            # trained on random crops (fully convolutional), used at any size
     lr: float = 2e-4
     adversarial_start: int = 0  # step at which the discriminator joins, when loss.adversarial > 0
+    decoder_steps: int = 0      # then refine the decoder alone, encoder frozen: the latent space stays as it is
+    decoder_lr: float = 2e-4
 
 
 @dataclass
