@@ -7,23 +7,40 @@ from fundusgen.data.quality import assess
 from fundusgen.measure.disc import anatomy, find_disc, regions
 from fundusgen.measure.disccup import segment_disc_cup, shipped_net
 from fundusgen.measure.lesions import haze, lesion_cues
-from fundusgen.measure.vessels import classical_vessels, regional_morphology
+from fundusgen.measure.vessels import classical_vessels, network_vessels, regional_morphology, shipped_vessel_net
 
-VERSION = 2  # bump when a measurement changes, so stored measurements are redone
+VERSION = 3  # bump when a measurement changes, so stored measurements are redone
+VESSEL_METHODS = ("auto", "network", "classical")
 
 
-def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = None) -> dict:
+def vessel_mask(image: np.ndarray, fov: np.ndarray, method: str = "auto") -> tuple[np.ndarray, str]:
+    """(mask, method used): the shipped vessel network ('auto' uses it when its weights are
+    present; F1 0.788 / AUC 0.973 on DRIVE test) or the classical top-hat (F1 0.754 / AUC 0.936,
+    about 20 times faster)."""
+    if method not in VESSEL_METHODS:
+        raise ValueError(f"vessel method {method!r}: expected one of {VESSEL_METHODS}")
+    net = shipped_vessel_net() if method != "classical" else None
+    if net is None:
+        if method == "network":
+            from fundusgen.errors import FundusgenError
+            raise FundusgenError("--vessels network: the vessel network's weights are not installed")
+        return classical_vessels(image, fov)[1], "classical"
+    return network_vessels(net, image, fov)[1], "network"
+
+
+def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = None, vessel_method: str = "auto") -> dict:
     """Attributes of a square RGB fundus image (uint8) with its FOV mask (bool).
 
-    ``vessels`` may be given (a manual or learned mask); otherwise the classical one is used.
+    ``vessels`` may be given (a manual mask); otherwise ``vessel_method`` makes one (vessel_mask).
     The optic disc and the vertical cup-to-disc ratio come from the shipped disc/cup network,
     started at the classical disc; where its weights are absent or it finds no disc there, the
     classical disc stands and the CDR is unknown (None).
     Positions are fractions of the image side, so they do not depend on the resolution.
     """
     fov = fov.astype(bool)
+    method = "given"
     if vessels is None:
-        _, vessels = classical_vessels(image, fov)
+        vessels, method = vessel_mask(image, fov, vessel_method)
     disc = find_disc(image, fov, vessels)
     net = shipped_net()
     found = segment_disc_cup(net, image, fov, disc) if net is not None else None
@@ -40,5 +57,6 @@ def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = Non
         "fovea": None if a.fovea_x is None else {"x": round(a.fovea_x / side, 4), "y": round(a.fovea_y / side, 4)},
         "eye": a.eye, "eye_confidence": round(a.eye_confidence, 4),
         "vessels": regional_morphology(vessels, fov, regions(fov.shape, fov, a)),
+        "vessel_method": method,
         "lesions": lesion_cues(image, fov, vessels, a),
     }

@@ -8,6 +8,7 @@ was in, and ``--shard i/N`` lets N machines split the shards (shard k goes to k 
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import multiprocessing as mp
@@ -58,7 +59,7 @@ def read_tar(path: Path) -> Iterator[dict[str, bytes]]:
     yield from samples.values()
 
 
-def fingerprint(tar: Path, version: int) -> str:
+def fingerprint(tar: Path, version: int | str) -> str:
     st = tar.stat()
     return f"{version}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -69,11 +70,11 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _measure_sample(sample: dict[str, bytes]) -> dict:
+def _measure_sample(sample: dict[str, bytes], vessel_method: str = "auto") -> dict:
     """Runs in a worker: decode one raw sample and measure it."""
     image = np.asarray(Image.open(io.BytesIO(sample.get("jpg") or sample["png"])).convert("RGB"))
     fov = np.asarray(Image.open(io.BytesIO(sample["fov.png"]))) > 0
-    return {"key": sample["__key__"], "measurements": measure(image, fov)}
+    return {"key": sample["__key__"], "measurements": measure(image, fov, vessel_method=vessel_method)}
 
 
 @dataclass
@@ -92,14 +93,15 @@ def shard_done(summary: Path, fp: str) -> bool:
 
 
 def measure_folder(folder: str | Path, shard: tuple[int, int] = (0, 1), workers: int = 1,
-                   progress: bool = True) -> StepResult:
+                   progress: bool = True, vessel_method: str = "auto") -> StepResult:
     folder = Path(folder)
     out = folder / "measure"
     out.mkdir(exist_ok=True)
     for stale in out.glob(".*.tmp"):
         stale.unlink()
+    version = f"{VERSION}-{vessel_method}"  # measurements made another way are redone
     todo = [t for t in input_shards(folder, shard)
-            if not shard_done(out / f"{t.stem}.json", fingerprint(t, VERSION))]
+            if not shard_done(out / f"{t.stem}.json", fingerprint(t, version))]
     skipped = len(input_shards(folder, shard)) - len(todo)
     bar = tqdm(desc="measure", unit="img", disable=not progress)
     items = 0
@@ -109,14 +111,15 @@ def measure_folder(folder: str | Path, shard: tuple[int, int] = (0, 1), workers:
             samples = list(read_tar(tar))
             bar.total = (bar.total or 0) + len(samples)
             bar.refresh()
-            results = pool.imap(_measure_sample, samples, chunksize=4) if pool else map(_measure_sample, samples)
+            work = functools.partial(_measure_sample, vessel_method=vessel_method)
+            results = pool.imap(work, samples, chunksize=4) if pool else map(work, samples)
             lines = []
             for res in results:
                 lines.append(json.dumps(res, sort_keys=True))
                 bar.update(1)
             atomic_write_text(out / f"{tar.stem}.jsonl", "".join(line + "\n" for line in lines))
             atomic_write_text(out / f"{tar.stem}.json", json.dumps(
-                {"fingerprint": fingerprint(tar, VERSION), "count": len(lines)}))
+                {"fingerprint": fingerprint(tar, version), "count": len(lines)}))
             items += len(lines)
     finally:
         if pool:
