@@ -109,6 +109,9 @@ def test_evaluate_writes_the_report_with_realism_floors_and_pooled_figures(works
     assert heldout["n_real"] == 6 and "too few for FID" in heldout["fid"]["error"] and "value" in heldout["kid"]
     assert [(p["a"], p["b"]) for p in realism["real_vs_real"]] == [("all", "heldout")]
     assert "realism vs all (22 real): FID" in printed and "(floor " in printed
+    retina = realism["retina_domain"]["per_real_set"]
+    assert set(retina) == {"all", "heldout"} and retina["all"]["n_synth"] == 12 and retina["all"]["fd"] > 0
+    assert "Retina-domain Fréchet distance" in (workspace["root"] / "report" / "report.html").read_text()
 
 
 def test_an_exact_copy_of_a_training_image_is_flagged_and_the_verdict_printed(workspace, evaluated):

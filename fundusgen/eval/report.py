@@ -273,6 +273,10 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
     timings["realism_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    realism["retina_domain"] = _retina_domain(cfg, synth.ids, reals, progress, warnings)
+    timings["retina_features_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
     synth_source, train_source = ImageSource(cfg.synthetic), ImageSource(cfg.train)
     real_sources = {r.name: ImageSource(r.path) for r in cfg.real}
     heldout_features = np.concatenate([h.features for h in heldout])
@@ -482,8 +486,33 @@ def render_html(report: dict, assets: _Assets) -> str:
     return "\n".join(parts)
 
 
+def _retina_domain(cfg: EvaluateConfig, synth_ids: list[str], reals: dict, progress: bool, warnings: list[str]) -> dict:
+    """Fréchet distance on features of the project's fundus-trained vessel network, per real set
+    (at most ``max_real_anatomy`` images of each, seeded), with its real-vs-real floor."""
+    from fundusgen.eval import retina_features as rf
+    try:
+        synth = rf.retina_features(synth_ids, ImageSource(cfg.synthetic), progress=progress, desc="retina features synthetic")
+        real = {r.name: rf.retina_features(rf.sample_ids(reals[r.name].ids, cfg.max_real_anatomy, cfg.seed),
+                                           ImageSource(r.path), progress=progress, desc=f"retina features {r.name}")
+                for r in cfg.real}
+    except FundusgenError as e:
+        warnings.append(f"retina-domain Fréchet distance: {e}")
+        return {"features": rf.DESCRIPTION, "error": str(e), "per_real_set": {}}
+    return {"features": rf.DESCRIPTION, "per_real_set": rf.retina_frechet(real, synth, seed=cfg.seed)}
+
+
 def _realism_html(report: dict) -> str:
     r = report["realism"]
+    rd = r.get("retina_domain", {})
+
+    def fd(x):
+        return "n/a" if x is None else f"{x:.2f}"
+    rd_rows = "".join(f"<tr><td>{_e(name)}</td><td>{c['n_real']} / {c['n_synth']}</td><td>{fd(c['fd'])}</td>"
+                      f"<td class='floor'>{fd(c['floor'])}</td></tr>" for name, c in rd.get("per_real_set", {}).items())
+    rd_html = (f"<h3>Retina-domain Fréchet distance</h3><p>{_e(rd.get('features', ''))}; computed as FID is. "
+               "Lower is closer; the floor is real against real at the same size.</p>"
+               f"<table><tr><th>real set</th><th>images real / synthetic</th><th>FD</th><th>floor</th></tr>{rd_rows}</table>"
+               if rd_rows else (f"<p>Retina-domain Fréchet distance: {_e(rd['error'])}</p>" if rd.get("error") else ""))
     rows = []
     for name, c in r["per_real_set"].items():
         f = c["floor"]
@@ -505,6 +534,7 @@ its floor. Hover over n/a for the reason.</p>
 <table><tr><th>real set</th><th>images</th><th>FID</th><th>floor</th><th>KID ×1000 ± SE</th><th>floor</th>
 <th>precision</th><th>floor</th><th>recall</th><th>floor</th></tr>{''.join(rows)}</table>
 {pair_table}
+{rd_html}
 <details><summary>How these were computed</summary><p>{_e(r['features'])}. FID: Fréchet distance between
 Gaussians fitted to the two feature sets (Heusel et al. 2017), computed as pytorch-fid and clean-fid compute it
 (with fewer images than features, exactly, from the singular values of the product of the centred feature
