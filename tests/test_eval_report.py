@@ -112,6 +112,11 @@ def test_evaluate_writes_the_report_with_realism_floors_and_pooled_figures(works
     retina = realism["retina_domain"]["per_real_set"]
     assert set(retina) == {"all", "heldout"} and retina["all"]["n_synth"] == 12 and retina["all"]["fd"] > 0
     assert "Retina-domain Fréchet distance" in (workspace["root"] / "report" / "report.html").read_text()
+    vessels = report["vessels"]["metrics"]
+    assert set(vessels) == {"density", "calibre", "tortuosity", "fractal_dimension"}
+    assert vessels["density"]["synthetic"]["n"] == 12 and set(vessels["density"]["real"]) == {"all", "heldout"}
+    assert "wasserstein" in vessels["density"]["real"]["all"]
+    assert "3. Vessels" in (workspace["root"] / "report" / "report.html").read_text()
 
 
 def test_an_exact_copy_of_a_training_image_is_flagged_and_the_verdict_printed(workspace, evaluated):

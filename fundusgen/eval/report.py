@@ -303,6 +303,13 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
     warnings += _size_warnings(synth_source, synth.ids, real_sources, real_ids)
     timings["anatomy_s"] = time.perf_counter() - tick
 
+    tick = time.perf_counter()
+    from fundusgen.eval import vessels as vessel_eval
+    synth_vessels = vessel_eval.geometry_of(synth.ids, synth_source, desc="vessels synthetic", progress=progress)
+    real_vessels = {name: vessel_eval.geometry_of(ids, real_sources[name], desc=f"vessels {name}", progress=progress)
+                    for name, ids in real_ids.items()}
+    timings["vessels_s"] = time.perf_counter() - tick
+
     report = {
         "fundusgen_version": fundusgen.__version__,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -324,11 +331,13 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
             "real": {name: anatomy.summarise(checks) for name, checks in real_checks.items()},
             "images": {item: c.to_dict() for item, c in zip(synth.ids, synth_checks)},
         },
+        "vessels": {"method": vessel_eval.__doc__.strip(),
+                    "metrics": vessel_eval.compare_geometry(real_vessels, synth_vessels)},
         "warnings": warnings,
     }
     tick = time.perf_counter()
     page = render_html(report, _Assets(cfg, synth.ids, synth_source, train_source, synth_checks, real_checks,
-                                       memorisation, heldout_sims))
+                                       memorisation, heldout_sims, synth_vessels, real_vessels))
     timings["report_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
     report["timings"] = {k: round(v, 2) for k, v in timings.items()}
@@ -377,6 +386,8 @@ class _Assets:
     real_checks: dict[str, list[anatomy.AnatomyCheck]]
     memorisation: MemorisationResult | None
     heldout_sims: np.ndarray
+    synth_vessels: list[dict]
+    real_vessels: dict[str, list[dict]]
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -481,9 +492,40 @@ def render_html(report: dict, assets: _Assets) -> str:
              f"{_e(report['fundusgen_version'])}. Reproduce with:</p><pre>{_e(report['command'])}</pre>"]
     if report["warnings"]:
         parts.append("<ul>" + "".join(f"<li class='warn'>{_e(w)}</li>" for w in report["warnings"]) + "</ul>")
-    parts += [_realism_html(report), _anatomy_html(report, assets), _memorisation_html(report, assets),
+    parts += [_realism_html(report), _anatomy_html(report, assets), _vessels_html(report, assets),
+              _memorisation_html(report, assets),
               _inputs_html(report), "</body></html>"]
     return "\n".join(parts)
+
+
+def _vessels_html(report: dict, assets: _Assets) -> str:
+    from fundusgen.eval import vessels as vessel_eval
+    metrics = report["vessels"]["metrics"]
+    rows = []
+    for metric, m in metrics.items():
+        syn = m["synthetic"]
+        for name, d in m["real"].items():
+            r = d["summary"]
+            dist = (f"{d['wasserstein']:.4g}</td><td>{d['ks']:.2f} (p {d['ks_p']:.2g})" if "ks" in d else "n/a</td><td>n/a")
+            rows.append(f"<tr><td>{_e(metric)}</td><td>{_e(m['unit'])}</td><td>{_e(name)}</td>"
+                        f"<td>{r.get('mean', float('nan')):.4g} ± {r.get('sd', float('nan')):.2g} (n={r['n']})</td>"
+                        f"<td>{syn.get('mean', float('nan')):.4g} ± {syn.get('sd', float('nan')):.2g} (n={syn['n']})</td>"
+                        f"<td>{dist}</td></tr>")
+    plots = []
+    for metric in vessel_eval.METRICS:
+        values = vessel_eval.series(assets.real_vessels, assets.synth_vessels, metric)
+        both = np.concatenate([v for v in values.values() if len(v)]) if any(len(v) for v in values.values()) else np.zeros(0)
+        if len(both) >= 2 and both.max() > both.min():
+            plots.append(_histograms(values, f"{metric} ({vessel_eval.UNITS[metric]})",
+                                     np.linspace(both.min(), both.max(), 25)))
+    return f"""<h2>3. Vessels</h2>
+<p>Vessel geometry over the field of view of every synthetic image and of the real images sampled for
+the anatomy check, from the project's vessel network; the distance between the two distributions per
+metric: 1-Wasserstein (in the metric's unit) and the Kolmogorov-Smirnov statistic.</p>
+<table><tr><th>metric</th><th>unit</th><th>real set</th><th>real mean ± sd</th><th>synthetic mean ± sd</th>
+<th>Wasserstein</th><th>KS</th></tr>{''.join(rows)}</table>
+{''.join(plots)}
+<details><summary>How these were computed</summary><p>{_e(report['vessels']['method'])}</p></details>"""
 
 
 def _retina_domain(cfg: EvaluateConfig, synth_ids: list[str], reals: dict, progress: bool, warnings: list[str]) -> dict:
@@ -587,7 +629,7 @@ size (seed {assets.cfg.seed}).</p></details>"""
 def _memorisation_html(report: dict, assets: _Assets) -> str:
     m = report["memorisation"]
     if "error" in m:
-        return f"<h2>3. Memorisation</h2><p class='warn'>{_e(m['error'])}</p>"
+        return f"<h2>4. Memorisation</h2><p class='warn'>{_e(m['error'])}</p>"
     result = assets.memorisation
     t = m["threshold"]
     synth_sims = np.array([x.similarity for x in result.nearest])
@@ -609,7 +651,7 @@ def _memorisation_html(report: dict, assets: _Assets) -> str:
                      f"{flagged_rows}</table>") if flagged_rows else "<p>No pair reaches the threshold.</p>"
     q = "".join(f"<td>{v:.3f}</td>" for v in t["heldout_quantiles"].values())
     qs = "".join(f"<td>{v:.3f}</td>" for v in m["synthetic_quantiles"].values())
-    return f"""<h2>3. Memorisation</h2>
+    return f"""<h2>4. Memorisation</h2>
 <p class='verdict'>{_e(report['verdict'])}</p>
 <p>Nearest training image ({report['inputs']['train']['n_train']} images, the train split of
 {_e(report['inputs']['train']['path'])}) of every synthetic image. The threshold is the {t['quantile']:.1%}
