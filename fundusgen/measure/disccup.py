@@ -353,14 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     """Train the disc/cup network on Drishti-GS1, or evaluate one on its test set."""
     import argparse
     import sys
+
+    from fundusgen.measure.vessels import add_training_arguments
     p = argparse.ArgumentParser(prog="python -m fundusgen.measure.disccup", description=main.__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train on the 50 Drishti-GS1 training images")
     t.add_argument("--data", required=True, help="Drishti-GS1 root (holding data/Training)")
     t.add_argument("--out", required=True, help="model folder to write")
-    for name in ("steps", "batch_size", "crop", "channels", "depth", "seed", "checkpoint_every"):
-        t.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(DiscCupTrainConfig, name))
-    t.add_argument("--lr", type=float, default=DiscCupTrainConfig.lr)
+    add_training_arguments(t, DiscCupTrainConfig)
     e = sub.add_parser("evaluate", help="disc/cup Dice and CDR error on the 51 Drishti-GS1 test images")
     e.add_argument("data", help="Drishti-GS1 root (holding data/Test)")
     e.add_argument("--model", default=str(SHIPPED), help="model folder (default: the shipped weights)")

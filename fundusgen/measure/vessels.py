@@ -415,6 +415,14 @@ def network_vessels(net, rgb: np.ndarray, fov: np.ndarray, threshold: float | No
     return prob, prob > (net.config.get("threshold", 0.5) if threshold is None else threshold)
 
 
+def add_training_arguments(parser, config_cls) -> None:
+    """--steps, --batch-size, --crop, --channels, --depth, --seed, --checkpoint-every and --lr options
+    with the defaults of a segmentation-training config dataclass (vessels, disc/cup)."""
+    for name in ("steps", "batch_size", "crop", "channels", "depth", "seed", "checkpoint_every"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(config_cls, name))
+    parser.add_argument("--lr", type=float, default=config_cls.lr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the vessel network, or evaluate a method on the DRIVE and CHASE_DB1 test sets."""
     import argparse
@@ -424,9 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train the U-Net on a prepared folder of DRIVE + CHASE_DB1 + STARE")
     t.add_argument("--data", required=True, help="prepared folder with `vessels` masks")
     t.add_argument("--out", required=True, help="model folder to write")
-    for name in ("steps", "batch_size", "crop", "channels", "depth", "seed", "checkpoint_every"):
-        t.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(VesselTrainConfig, name))
-    t.add_argument("--lr", type=float, default=VesselTrainConfig.lr)
+    add_training_arguments(t, VesselTrainConfig)
     c = sub.add_parser("calibrate", help="set a trained model's threshold to the best F1 on the training images "
                        "(DRIVE and CHASE_DB1 training splits, STARE), written into its config.json")
     c.add_argument("data_root", help="folder holding drive/, chase_db1/ and stare/ in their native layouts")
