@@ -8,19 +8,20 @@ from fundusgen.measure.disc import anatomy, regions
 from fundusgen.measure.lesions import haze, lesion_cues
 from fundusgen.measure.vessels import classical_vessels, regional_morphology
 
-VERSION = 1  # bump when a measurement changes, so stored measurements are redone
+VERSION = 2  # bump when a measurement changes, so stored measurements are redone
 
 
 def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = None) -> dict:
     """Attributes of a square RGB fundus image (uint8) with its FOV mask (bool).
 
-    ``vessels`` may be given (a manual or learned mask); otherwise the classical one is used.
+    ``vessels`` may be given (a manual or learned mask) for the vessel and lesion measurements;
+    otherwise the classical one is used. Disc, fovea and eye use their own working-size vessel map.
     Positions are fractions of the image side, so they do not depend on the resolution.
     """
     fov = fov.astype(bool)
     if vessels is None:
         _, vessels = classical_vessels(image, fov)
-    a = anatomy(image, fov, vessels)
+    a = anatomy(image, fov)
     side = float(image.shape[1])
     q = assess(image, fov)
     return {
