@@ -6,7 +6,7 @@ from fundusgen.cli import main
 from tests.measure_fixtures import retina_square, write_prepared
 
 MEASURED = {
-    "quality": {"grade": "good"}, "haze": {"haze": 0.8}, "eye": "right", "eye_confidence": 0.7,
+    "quality": {"grade": "good"}, "haze": {"haze": 0.8}, "eye": "right", "eye_confidence": 0.93,
     "disc": {"x": 0.8, "y": 0.5, "diameter": 0.15, "ratio": 0.15}, "fovea": {"x": 0.5, "y": 0.5},
     "vessels": {"all": {"density": 0.1, "calibre": 3.0, "tortuosity": 1.2, "fractal_dimension": 1.5}},
     "lesions": {"bright": {"count": 12, "regions": {"macula": 8, "superior_arcade": 4}},
@@ -41,7 +41,7 @@ def test_unknown_labels_stay_unsaid_and_the_confident_measured_eye_is_used():
     assert claims(text)["eye"] == "right"
     for word in ("diabetic", "glaucoma", "cataract", "exudates", "cup-to-disc"):
         assert word not in text
-    unsure = describe({"measurements": {**MEASURED, "eye_confidence": 0.05}}, 1).lower()
+    unsure = describe({"measurements": {**MEASURED, "eye_confidence": 0.8}}, 1).lower()
     assert "eye" not in claims(unsure)
 
 

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 
 from fundusgen.errors import FundusgenError
-from fundusgen.measure.disc import find_disc
+from fundusgen.measure.disc import classical_disc
 from fundusgen.measure.disccup import (SHIPPED, DiscCupTrainConfig, _batch, build_net, dice_bce, drishti_examples,
                                        evaluate, load_disc_cup_net, main, segment_disc_cup, shipped_net,
                                        train_disc_cup_net, vertical_cdr)
-from fundusgen.measure.vessels import classical_vessels
 from tests.measure_fixtures import retina_square, write_drishti
 
 
@@ -94,7 +93,7 @@ def test_vertical_cdr_is_the_ratio_of_vertical_extents():
 @pytest.mark.parametrize("offset, scale", [(0.0, 1.0), (0.35, 1.4), (-0.3, 0.8)])
 def test_the_network_finds_one_disc_on_the_scikit_image_retina(offset, scale):
     image, fov = retina_square(512)
-    x, y, d = find_disc(image, fov, classical_vessels(image, fov)[1])
+    x, y, d = classical_disc(image, fov)
     found = segment_disc_cup(shipped_net(), image, fov, (x + offset * d, y - offset * d, scale * d))
     assert found is not None
     assert found.x < 0.3 * 512 and 0.3 * 512 < found.y < 0.7 * 512  # on the left, mid-height

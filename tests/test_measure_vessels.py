@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from fundusgen.measure.vessels import (VesselTrainConfig, arc_chord, build_unet, classical_vessels, evaluate_on_records,
+from fundusgen.measure.vessels import (VesselTrainConfig, build_unet, classical_vessels, evaluate_on_records,
                                        fractal_dimension, load_vessel_net, network_vessels, regional_morphology,
                                        skeleton_segments, train_vessel_net)
 from tests.measure_fixtures import retina_square, write_prepared
@@ -34,15 +34,15 @@ def test_fractal_dimension_of_a_line_is_one_and_of_a_filled_square_two():
 def test_tortuosity_is_one_for_a_straight_segment_and_more_for_a_wave():
     straight = np.zeros((64, 200), bool)
     straight[30, 10:190] = True
-    seg, = skeleton_segments(straight)
-    assert arc_chord(seg) == pytest.approx(1.0, abs=0.01)
+    _, length, ratio = skeleton_segments(straight)
+    assert list(length) == [180] and ratio[0] == pytest.approx(1.0, abs=0.01)
     import cv2
     wave = np.zeros((64, 200), np.uint8)
     xs = np.arange(10, 190)
     cv2.polylines(wave, [np.column_stack([xs, 32 + 15 * np.sin(xs / 8)]).astype(np.int32)], False, 1)
     from skimage.morphology import skeletonize
-    seg, = skeleton_segments(skeletonize(wave > 0))
-    assert arc_chord(seg) > 1.3
+    _, _, ratio = skeleton_segments(skeletonize(wave > 0))
+    assert len(ratio) == 1 and ratio[0] > 1.3
 
 
 def test_morphology_by_region():

@@ -30,7 +30,7 @@ def test_contradictions_and_low_quality_are_dropped_disagreements_flagged():
     labels = {"eye": "left", "dr": False, "dr_grade": 0}
     drop, _ = judge(labels, None, "Right eye fundus photograph. Numerous hard exudates at the macula.", "good")
     assert drop == ["caption contradicts label: eye", "caption contradicts label: dr_lesions"]
-    drop, flags = judge(labels, {"eye": "right", "eye_confidence": 0.9, "quality": {"grade": "reject"}},
+    drop, flags = judge(labels, {"eye": "right", "eye_confidence": 0.97, "quality": {"grade": "reject"}},
                         describe(labels, 0), "good", second="Fundus of the right eye.")
     assert drop == ["rejected image quality"]
     assert "measured eye disagrees with label" in flags and "writers disagree: eye" in flags

@@ -25,7 +25,7 @@ from fundusgen.data.shards import atomic_write_bytes, atomic_write_text
 from fundusgen.measure.run import input_shards, read_measurements, read_tar
 from fundusgen.vocab import CataractSeverity
 
-EYE_FLAG_CONFIDENCE = 0.5  # a measured eye this sure that disagrees with the label is flagged
+EYE_FLAG_CONFIDENCE = 0.95  # a measured eye this sure that disagrees with the label is flagged (a label to check)
 HAZE_FLAG = 0.6
 
 _SEVERITY_WORDS = [("severe", CataractSeverity.SEVERE), ("dense", CataractSeverity.SEVERE),

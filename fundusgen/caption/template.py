@@ -152,7 +152,9 @@ def attributes_from_options(**options) -> dict[str, Any]:
 
 # --- sentences from measurements -------------------------------------------------------------
 
-EYE_CONFIDENCE = 0.25      # |disc offset| / FOV radius above which the measured eye is stated
+# the measured eye is stated from this confidence: right for 98.2% of the 82% of Mexican-set photos
+# that reach it, 99.8% of the 98% on the 10-class set (fundusgen.measure.validate)
+EYE_CONFIDENCE = 0.9
 MIN_LESION_SPOTS = 3       # fewer measured spots are not mentioned (noise, reflexes)
 # word bands of the measured vessel figures (calibre in px at a 512 px FOV)
 CALIBRE_BANDS = (2.6, 4.0)
@@ -235,7 +237,7 @@ def measured_sentences(a: dict, m: dict, rng: random.Random) -> list[str]:
         word = [_pick(rng, ["small", "smallish"]), _pick(rng, ["normal-sized", "average-sized"]),
                 _pick(rng, ["large", "large-appearing"])][size]
         out.append(_pick(rng, [f"The optic disc is {word} with distinct margins.",
-                               f"A {word} optic disc is visible.",
+                               f"{'An' if word[0] in 'aeiou' else 'A'} {word} optic disc is visible.",
                                f"The optic disc appears {word}."]))
     if m.get("fovea"):
         out.append(_pick(rng, ["The macula and fovea are in view.", "The fovea is visible temporal to the disc.",

@@ -1,10 +1,12 @@
 """``measure(image, fov) -> dict``: every measured attribute of one preprocessed fundus image."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from fundusgen.data.quality import assess
-from fundusgen.measure.disc import anatomy, find_disc, regions
+from fundusgen.measure.disc import anatomy, disc_start, fov_geometry, regions
 from fundusgen.measure.disccup import segment_disc_cup, shipped_net
 from fundusgen.measure.lesions import haze, lesion_cues
 from fundusgen.measure.vessels import classical_vessels, network_vessels, regional_morphology, shipped_vessel_net
@@ -32,19 +34,22 @@ def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = Non
     """Attributes of a square RGB fundus image (uint8) with its FOV mask (bool).
 
     ``vessels`` may be given (a manual mask); otherwise ``vessel_method`` makes one (vessel_mask).
-    The optic disc and the vertical cup-to-disc ratio come from the shipped disc/cup network,
-    started at the classical disc; where its weights are absent or it finds no disc there, the
-    classical disc stands and the CDR is unknown (None).
+    Disc, fovea and eye come from ``anatomy`` (relative brightness, vessel convergence and the
+    arcades, on a working-size copy); the shipped disc/cup network then refines the disc, started
+    there, and gives the vertical cup-to-disc ratio. Where its weights are absent or it finds no
+    disc, the classical disc stands and the CDR is unknown (None).
     Positions are fractions of the image side, so they do not depend on the resolution.
     """
     fov = fov.astype(bool)
     method = "given"
     if vessels is None:
         vessels, method = vessel_mask(image, fov, vessel_method)
-    disc = find_disc(image, fov, vessels)
+    a = anatomy(image, fov)
     net = shipped_net()
-    found = segment_disc_cup(net, image, fov, disc) if net is not None else None
-    a = anatomy(image, fov, (found.x, found.y, found.diameter) if found else disc)
+    found = segment_disc_cup(net, image, fov, disc_start(a, fov)) if net is not None else None
+    if found:
+        a = replace(a, disc_x=found.x, disc_y=found.y, disc_diameter=found.diameter,
+                    disc_ratio=found.diameter / (2 * fov_geometry(fov)[2]))
     side = float(image.shape[1])
     q = assess(image, fov)
     return {

@@ -39,6 +39,8 @@ def cmd_caption(args) -> int:
     from fundusgen.caption.run import caption_folder, failures, over_limit
     from fundusgen.measure.run import parse_shard
     folder = _folder(args.dir)
+    if args.page and args.page_images < 1:
+        raise FundusgenError(f"--page-images {args.page_images}: need at least 1")
     vlm = _vlm_writer(args, folder) if args.writer == "vlm" else None
     res = caption_folder(folder, args.writer, parse_shard(args.shard), progress=not args.quiet, vlm=vlm)
     print(f"captioned {res.items} images ({res.done} shards written, {res.skipped} already done)")
@@ -56,6 +58,9 @@ def cmd_caption(args) -> int:
             print(f"over the text encoder's {limit}-token window: {key} ({n} tokens)")
         print(f"{len(long)} captions exceed the {limit}-token window of {args.text_encoder} (kept whole)")
     print(f"wrote {res.out}")
+    if args.page:
+        from fundusgen.caption.page import write_caption_page
+        print(f"wrote {write_caption_page(folder, args.page, args.writer, args.page_images, args.seed)}")
     return 0
 
 
@@ -94,6 +99,10 @@ def add_measure_parsers(sub) -> None:
     p.add_argument("--retries", type=int, default=4, help="vlm: retries of a failed request (default 4)")
     p.add_argument("--text-encoder", default="minilm", help="encoder whose token window captions are checked against")
     p.add_argument("--no-token-check", action="store_true", help="skip the token-length report")
+    p.add_argument("--page", metavar="HTML", help="also write a review page of random images beside their captions "
+                                                  "and measurements, e.g. out/captions.html")
+    p.add_argument("--page-images", type=int, default=20, help="images on the review page (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the review page's random draw (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_caption)
 

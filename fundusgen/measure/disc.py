@@ -1,16 +1,39 @@
 """Optic disc, fovea and laterality, found classically on a square FOV-cropped fundus image.
 
-Disc: the place where a disc-sized window is brighter than its surroundings (the disc is the
-largest compact bright structure; a difference of box filters, disc-sized minus three times
-that, ignores slow illumination gradients) and dense in vessels (they converge there); the
-z-scored brightness plus half the z-scored vessel density is maximal at the disc. On
-Drishti-GS1 and the Mexican set this beat raw brightness (disc hit 100% vs 96%, laterality 87%
-vs 81% on a 150-image sample); a larger vessel weight followed noise in dark photos.
-Its diameter is the equivalent diameter of the bright blob around that point.
-Fovea: the darkest smooth spot 2-3 disc diameters from the disc towards the FOV centre.
-Laterality: in a standard (macula-centred or posterior-pole) photograph the disc lies nasal to
-the fovea, which is on the image's right for a right eye; the horizontal offset of the disc
-from the FOV centre, over the FOV radius, is the confidence.
+All three are found on a copy of ``WORK_SIDE`` px (a disc is then about 40 px across), with its
+own classical vessel map; positions are scaled back to the measured image.
+
+Disc: the point that is both a bright blob and the place the vessels radiate from.
+- Brightness: each colour channel is divided by its local background (a Gaussian of 1.5 disc
+  diameters taken inside the FOV only), which removes vignetting and the dim exposure of dark
+  photos; the mean of red and green is then filtered by a difference of Gaussians of the disc's
+  scale.
+- Convergence: vessels leave the disc radially, whereas they run across the macula and around
+  lesions. The vessel orientation (double angle of the structure tensor of the vessel response)
+  is compared with the radial direction from every candidate point over an annulus of 0.5-2
+  nominal diameters: one correlation with two fixed kernels, normalised by the vessel pixels in
+  the annulus.
+- score = z(brightness) + 1.5 z(convergence), searched at least 0.7 nominal diameters inside the
+  FOV edge (bright camera rims and halo crescents of dark photos otherwise win).
+  Against the previous finder (raw brightness plus vessel density) this raised the share of
+  centres inside the experts' disc box on CSDI's cataract photos from 87.6% to 95.5% (178 with a
+  visible disc) and kept Drishti-GS1 at 100% inside the experts' disc (101).
+Its diameter is the equivalent diameter of the bright blob around that point, on the measured image.
+
+Laterality (which eye) from two cues, each an odd function under a horizontal flip:
+- the disc's horizontal offset from the FOV centre over the FOV radius (the disc lies nasal to
+  the macula: on the image's right in a right eye);
+- the arcade orientation: the major temporal arcades leave the disc above and below and bend
+  towards the macula, so the thick vessels (top 3% of the vessel response) run like ">" with its
+  vertex at the disc for a right eye and "<" for a left eye: the mean of sin(2 theta) times the
+  sign of the height relative to the FOV centre is negative for a right eye. This cue does not
+  need the disc, so it holds when the disc is missed (exudates, reflexes) or is at the centre.
+score = 5.0 offset - 8.0 arcade (logistic weights fitted on the 10-class set, so the Mexican set
+tests them out of sample); right eye when score > 0; eye_confidence = tanh(|score| / 2), the
+logistic probability of the chosen eye rescaled to 0-1. Figures: ``python -m
+fundusgen.measure.validate DATA --only laterality``.
+Fovea: the darkest smoothed point 1.8-3.2 disc diameters temporal to the disc (towards the macula
+of the measured eye).
 """
 from __future__ import annotations
 
@@ -19,11 +42,17 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from fundusgen.measure.vessels import fov_scale
+from fundusgen.measure.vessels import classical_vessels
 from fundusgen.vocab import Eye
 
-NOMINAL_DISC = 0.15   # disc diameter over FOV diameter in a 45 degree photograph
-VESSEL_WEIGHT = 0.5
+WORK_SIDE = 256
+NOMINAL_DISC = 0.15        # disc diameter over FOV diameter in a 45 degree photograph
+BACKGROUND_SCALE = 1.5     # Gaussian sigma of the local background, in nominal disc diameters
+RIM_MARGIN = 0.7           # disc centres at least this many nominal diameters inside the FOV edge
+CONVERGENCE_WEIGHT = 1.5
+CONVERGENCE_ANNULUS = (0.5, 2.0)  # nominal diameters
+THICK_VESSEL_SHARE = 0.03  # the arcade cue reads the strongest 3% of the vessel response
+EYE_WEIGHTS = (5.0, -8.0)  # (disc offset, arcade orientation) -> logit of "right eye"
 
 
 @dataclass
@@ -34,8 +63,8 @@ class Anatomy:
     disc_ratio: float      # disc diameter over FOV diameter
     fovea_x: float | None
     fovea_y: float | None
-    eye: str | None        # laterality from the disc position
-    eye_confidence: float  # |disc offset| / FOV radius: 0 central (unsure) .. 1 at the rim
+    eye: str | None        # laterality from the disc position and the vessel arcades
+    eye_confidence: float  # tanh(|score| / 2): 0 no evidence .. 1 certain
 
     def to_json(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -52,19 +81,90 @@ def fov_geometry(fov: np.ndarray) -> tuple[float, float, float]:
     return float(xs.mean()), float(ys.mean()), max(xs.max() - xs.min(), ys.max() - ys.min()) / 2.0
 
 
-def find_disc(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray) -> tuple[float, float, float]:
-    """(x, y, diameter) of the optic disc."""
-    s = fov_scale(fov)
-    d0 = NOMINAL_DISC * 512 * s
-    k = int(round(d0)) | 1
-    gray = rgb.astype(np.float32).mean(-1)
-    inner = cv2.erode(fov.astype(np.uint8), np.ones((k // 2 | 1, k // 2 | 1), np.uint8)) > 0
-    filled = np.where(fov, gray, np.median(gray[fov]))  # the black surround is no dark background
-    bright = cv2.blur(filled, (k, k)) - cv2.blur(filled, (3 * k | 1, 3 * k | 1))
-    density = cv2.blur(vessels.astype(np.float32), (k, k))
-    score = np.where(inner, _z(bright, inner) + VESSEL_WEIGHT * _z(density, inner), -np.inf)
-    y, x = np.unravel_index(int(np.argmax(score)), score.shape)
-    return float(x), float(y), disc_diameter(gray, fov, x, y, d0)
+def smooth_inside(a: np.ndarray, fov: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian mean of ``a`` over FOV pixels only (normalised convolution), so the black
+    surround does not darken the rim. Wide kernels run on a 4x smaller copy: same result, far cheaper."""
+    f = fov.astype(np.float32)
+    h, w = a.shape
+    k = max(1, int(sigma // 4))
+    num, den = a.astype(np.float32) * f, f
+    if k > 1:
+        num = cv2.resize(num, (w // k, h // k), interpolation=cv2.INTER_AREA)
+        den = cv2.resize(den, (w // k, h // k), interpolation=cv2.INTER_AREA)
+    out = cv2.GaussianBlur(num, (0, 0), sigma / k) / np.maximum(cv2.GaussianBlur(den, (0, 0), sigma / k), 1e-3)
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR) if k > 1 else out
+
+
+def relative_brightness(rgb: np.ndarray, fov: np.ndarray, dd: float) -> np.ndarray:
+    """Mean of red and green, each over its local background (1 = background)."""
+    out = np.zeros(fov.shape, np.float32)
+    for c in (0, 1):
+        ch = rgb[..., c].astype(np.float32)
+        out += ch / np.maximum(smooth_inside(ch, fov, BACKGROUND_SCALE * dd), 1.0)
+    return out / 2
+
+
+def vessel_orientation(response: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cos 2 theta, sin 2 theta) of the vessel direction theta on ``mask`` pixels, 0 elsewhere.
+
+    The gradient structure tensor's dominant direction is across a vessel; the vessel runs at
+    90 degrees to it, which negates the double-angle vector."""
+    r = response.astype(np.float32)
+    gx, gy = cv2.Sobel(r, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(r, cv2.CV_32F, 0, 1, ksize=3)
+    jxx, jyy, jxy = (cv2.GaussianBlur(g, (0, 0), 2.0) for g in (gx * gx, gy * gy, gx * gy))
+    c, s = jyy - jxx, -2 * jxy
+    norm = np.sqrt(c * c + s * s) + 1e-6
+    m = mask.astype(np.float32)
+    return c / norm * m, s / norm * m
+
+
+def radial_kernels(dd: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cos 2 phi and sin 2 phi of the direction phi from the kernel centre, on an annulus, and the annulus."""
+    r0, r1 = CONVERGENCE_ANNULUS
+    rad = int(r1 * dd) + 1
+    yy, xx = np.mgrid[-rad:rad + 1, -rad:rad + 1].astype(np.float32)
+    r, phi2 = np.hypot(xx, yy), 2 * np.arctan2(yy, xx)
+    ring = ((r >= r0 * dd) & (r <= r1 * dd)).astype(np.float32)
+    return ring * np.cos(phi2), ring * np.sin(phi2), ring
+
+
+def convergence(cos2: np.ndarray, sin2: np.ndarray, mask: np.ndarray, dd: float) -> np.ndarray:
+    """Mean cos 2(theta - phi) over the vessel pixels of an annulus around each point: 1 when
+    every vessel there points at the centre, 0 for random directions (or no vessels)."""
+    kc, ks, ring = radial_kernels(dd)
+    corr = lambda a, k: cv2.filter2D(a, -1, k, borderType=cv2.BORDER_CONSTANT)  # noqa: E731
+    agree = corr(cos2, kc) + corr(sin2, ks)
+    return agree / (corr(mask.astype(np.float32), ring) + 0.05 * ring.sum())
+
+
+def find_disc(rgb: np.ndarray, fov: np.ndarray, response: np.ndarray, vessels: np.ndarray,
+              orientation: tuple[np.ndarray, np.ndarray]) -> tuple[int, int]:
+    """(x, y) of the optic disc centre on a working-size image."""
+    _, _, radius = fov_geometry(fov)
+    dd = NOMINAL_DISC * 2 * radius
+    light = relative_brightness(rgb, fov, dd)
+    blob = smooth_inside(light, fov, 0.25 * dd) - smooth_inside(light, fov, 0.75 * dd)
+    inner = cv2.distanceTransform(fov.astype(np.uint8), cv2.DIST_L2, 3) > RIM_MARGIN * dd
+    if inner.sum() < 10:
+        inner = fov
+    score = _z(blob, inner) + CONVERGENCE_WEIGHT * _z(convergence(*orientation, vessels, dd), inner)
+    y, x = np.unravel_index(int(np.argmax(np.where(inner, score, -np.inf))), score.shape)
+    return int(x), int(y)
+
+
+def arcade_orientation(response: np.ndarray, fov: np.ndarray, sin2: np.ndarray) -> float:
+    """Mean sin 2 theta of the thickest vessels, signed by the side of the horizontal midline:
+    negative when they form '>' (a right eye), positive for '<' (a left eye)."""
+    _, cy, _ = fov_geometry(fov)
+    thick = (response > np.quantile(response[fov], 1 - THICK_VESSEL_SHARE)) & fov
+    below = np.sign(np.arange(fov.shape[0], dtype=np.float32) - cy)[:, None]
+    return float((sin2 * below * thick).sum() / (thick.sum() + 1))
+
+
+def laterality(offset: float, arcade: float) -> tuple[str, float]:
+    """(eye, confidence) from the disc offset (over the FOV radius) and the arcade orientation."""
+    score = EYE_WEIGHTS[0] * offset + EYE_WEIGHTS[1] * arcade
+    return (Eye.RIGHT.value if score > 0 else Eye.LEFT.value), float(np.tanh(abs(score) / 2))
 
 
 def disc_diameter(gray: np.ndarray, fov: np.ndarray, x: int, y: int, d0: float) -> float:
@@ -88,38 +188,52 @@ def disc_diameter(gray: np.ndarray, fov: np.ndarray, x: int, y: int, d0: float) 
     return float(np.clip(2 * np.sqrt(area / np.pi), 0.5 * d0, 2.0 * d0))
 
 
-def find_fovea(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float]) -> tuple[float, float] | None:
-    """The darkest smoothed point 2-3 disc diameters from the disc towards the FOV centre, or None."""
-    cx, cy, radius = fov_geometry(fov)
+def find_fovea(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float],
+               eye: str) -> tuple[float, float] | None:
+    """The darkest smoothed point 1.8-3.2 disc diameters temporal to the disc, or None."""
     dx, dy, dd = disc
-    side = 1.0 if cx >= dx else -1.0
+    temporal = -1.0 if eye == Eye.RIGHT.value else 1.0
     green = cv2.GaussianBlur(rgb[..., 1].astype(np.float32), (0, 0), max(1.0, dd / 4))
-    yy, xx = np.mgrid[:fov.shape[0], :fov.shape[1]]
-    along = (xx - dx) * side
+    yy, xx = np.ogrid[:fov.shape[0], :fov.shape[1]]
+    along = (xx - dx) * temporal
     inner = cv2.erode(fov.astype(np.uint8), np.ones((int(dd) | 1, int(dd) | 1), np.uint8)) > 0
     window = inner & (along > 1.8 * dd) & (along < 3.2 * dd) & (np.abs(yy - dy) < 1.0 * dd)
     if window.sum() < 10:
         return None
-    i = int(np.argmin(np.where(window, green, np.inf)))
-    fy, fx = np.unravel_index(i, green.shape)
+    fy, fx = np.unravel_index(int(np.argmin(np.where(window, green, np.inf))), green.shape)
     return float(fx), float(fy)
 
 
-def anatomy(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float]) -> Anatomy:
-    """Fovea and laterality around a disc (x, y, diameter) found by ``find_disc`` or the network."""
-    dx, dy, dd = disc
-    cx, cy, radius = fov_geometry(fov)
-    fovea = find_fovea(rgb, fov, (dx, dy, dd))
-    offset = (dx - cx) / radius
-    eye = Eye.RIGHT.value if offset > 0 else Eye.LEFT.value
-    return Anatomy(dx, dy, dd, float(dd / (2 * radius)), fovea[0] if fovea else None, fovea[1] if fovea else None,
-                   eye, float(min(abs(offset), 1.0)))
+def working_copy(rgb: np.ndarray, fov: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(rgb, fov, scale) at WORK_SIDE px; scale multiplies working pixels into measured ones."""
+    side = rgb.shape[1]
+    if side <= WORK_SIDE:
+        return rgb, fov, 1.0
+    size = (WORK_SIDE, round(rgb.shape[0] * WORK_SIDE / side))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return small, cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0, side / WORK_SIDE
+
+
+def anatomy(rgb: np.ndarray, fov: np.ndarray) -> Anatomy:
+    small, sfov, scale = working_copy(rgb, fov)
+    response, vessels = classical_vessels(small, sfov)
+    cos2, sin2 = vessel_orientation(response, vessels)
+    x, y = find_disc(small, sfov, response, vessels, (cos2, sin2))
+    cx, cy, radius = fov_geometry(sfov)
+    eye, confidence = laterality((x - cx) / radius, arcade_orientation(response, sfov, sin2))
+    _, _, full_radius = fov_geometry(fov)
+    dx, dy = min(x * scale, rgb.shape[1] - 1), min(y * scale, rgb.shape[0] - 1)
+    gray = rgb.astype(np.float32).mean(-1)
+    dd = disc_diameter(gray, fov, int(dx), int(dy), NOMINAL_DISC * 2 * full_radius)
+    fovea = find_fovea(small, sfov, (x, y, dd / scale), eye)
+    return Anatomy(dx, dy, dd, float(dd / (2 * full_radius)),
+                   fovea[0] * scale if fovea else None, fovea[1] * scale if fovea else None, eye, confidence)
 
 
 def regions(shape: tuple[int, int], fov: np.ndarray, a: Anatomy) -> dict[str, np.ndarray]:
     """Boolean masks: 'disc' (0.5-1.5 disc diameters from its centre), 'macula' (within one disc
     diameter of the fovea) and 'periphery' (outer quarter of the FOV radius)."""
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
     cx, cy, radius = fov_geometry(fov)
     r_disc = np.hypot(xx - a.disc_x, yy - a.disc_y) / a.disc_diameter
     out = {"disc": (r_disc >= 0.5) & (r_disc <= 1.5)}
@@ -127,3 +241,14 @@ def regions(shape: tuple[int, int], fov: np.ndarray, a: Anatomy) -> dict[str, np
         out["macula"] = np.hypot(xx - a.fovea_x, yy - a.fovea_y) <= a.disc_diameter
     out["periphery"] = np.hypot(xx - cx, yy - cy) > 0.75 * radius
     return out
+
+
+def disc_start(a: Anatomy, fov: np.ndarray) -> tuple[float, float, float]:
+    """(x, y, diameter) the disc/cup network starts from: the classical disc, its diameter at least
+    the nominal one (the network recovers from a start that is too large, not from one much too small)."""
+    return a.disc_x, a.disc_y, max(a.disc_diameter, NOMINAL_DISC * 2 * fov_geometry(fov)[2])
+
+
+def classical_disc(rgb: np.ndarray, fov: np.ndarray) -> tuple[float, float, float]:
+    """``disc_start`` of the classical anatomy of an image."""
+    return disc_start(anatomy(rgb, fov), fov)

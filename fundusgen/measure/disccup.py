@@ -5,7 +5,7 @@ cup segmentation based on multi-label deep network and polar transformation"): f
 on the whole image, then segment disc and cup on a crop around it. Here the crop's side is a
 fixed multiple (``CONTEXT``) of the disc diameter, resampled to ``crop`` pixels, so the network
 sees every disc at one scale whatever the camera, field angle or resolution. The start is the
-classical locator (``disc.find_disc``); the network's disc on a first crop around it then
+classical locator (``disc.classical_disc``); the network's disc on a first crop around it then
 re-centres and re-scales a second crop, so an off-centre or mis-sized start costs little.
 Training draws crops at random scale, offset and rotation around the experts' disc for that
 reason.
@@ -328,12 +328,11 @@ def evaluate(net, examples: list[Example], progress: bool = False) -> dict:
     An image where the network finds no disc scores Dice 0 and CDR error against a CDR of 0."""
     from tqdm import tqdm
 
-    from fundusgen.measure.disc import find_disc
-    from fundusgen.measure.vessels import classical_vessels
+    from fundusgen.measure.disc import classical_disc
     rows = []
     for ex in tqdm(examples, desc="evaluate disc/cup", unit="img", disable=not progress):
         fov = ex.fov > 0
-        start = find_disc(ex.rgb, fov, classical_vessels(ex.rgb, fov)[1])
+        start = classical_disc(ex.rgb, fov)
         found = segment_disc_cup(net, ex.rgb, fov, start)
         disc, cup = ex.maps[..., 0] > 0.5, ex.maps[..., 1] > 0.5
         none = np.zeros_like(disc)

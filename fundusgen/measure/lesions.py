@@ -66,7 +66,7 @@ def lesion_cues(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray, a: Anatom
     g = clahe_green(rgb, fov).astype(np.float32)
     rim = int(round(15 * s)) | 1
     inner = cv2.erode(fov.astype(np.uint8), np.ones((rim, rim), np.uint8)) > 0
-    yy, xx = np.mgrid[:fov.shape[0], :fov.shape[1]]
+    yy, xx = np.ogrid[:fov.shape[0], :fov.shape[1]]
     off_disc = np.hypot(xx - a.disc_x, yy - a.disc_y) > 1.0 * a.disc_diameter
     # the fovea is a normal dark spot
     off_fovea = (np.hypot(xx - a.fovea_x, yy - a.fovea_y) > 0.4 * a.disc_diameter) if a.fovea_x is not None else True

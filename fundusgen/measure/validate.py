@@ -2,11 +2,14 @@
 
 - vessels: F1 (Dice) and AUC against the first observer, DRIVE and CHASE_DB1 test images;
 - optic disc: Drishti-GS1 (all 101 images): measured centre inside the experts' disc (> 127 of
-  255 agreement), relative error of the diameter against the disc's equivalent diameter;
-- laterality: Mexican set (eye in the file name) and the 10-class set (_L/_R), a seeded sample;
+  255 agreement), relative error of the diameter against the disc's equivalent diameter; CSDI
+  (cataract photos whose disc the experts marked visible): centre inside the experts' disc box;
+- laterality: every image of the Mexican set (eye in the file name) and the 10-class set (_L/_R)
+  (``--per-set N`` for a seeded sample), accuracy over all images and, at confidence levels, the
+  share of images answered that confidently (coverage) and their accuracy;
 - haze: Spearman rank correlation with CSDI's expert cataract severity score (0-10).
 
-Run: ``python -m fundusgen.measure.validate DATA_ROOT [--per-set 200] [--out report.json]``.
+Run: ``python -m fundusgen.measure.validate DATA_ROOT [--only laterality] [--out report.json]``.
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ from tqdm import tqdm
 from fundusgen.data.fundus import ImageError, apply_crop, load_mask, load_rgb, preprocess
 from fundusgen.data.sources import read_source
 from fundusgen.measure.attributes import measure
+from fundusgen.measure.disc import anatomy
 from fundusgen.measure.vessels import classical_vessels, evaluate_on_records
 
 SIZE = 512
+EYE_CONFIDENCE_LEVELS = (0.5, 0.9, 0.95)
 
 
 def _prepared(record):
@@ -48,25 +53,51 @@ def validate_disc(root: Path) -> dict:
             "diameter_relative_error_median": round(float(np.median([r["diameter_error"] for r in rows])), 4)}
 
 
-def validate_laterality(root: Path, per_set: int, seed: int) -> dict:
+def validate_disc_boxes(root: Path) -> dict:
+    """CSDI: is the measured disc centre inside the experts' optic-disc box (original pixels)?"""
+    hits = []
+    records = [r for r in read_source("csdi_cataract", root / "csdi_cataract")
+               if r.source_labels.get("optic_disc_clear") == "visible" and r.source_labels.get("optic_disc_x1")]
+    for r in tqdm(records, desc="disc (CSDI boxes)"):
+        try:
+            rgb, image, fov, crop = _prepared(r)
+        except ImageError:
+            continue
+        labels = r.source_labels
+        to_stored = rgb.shape[1] / float(labels["original_image_width"])  # the stored photo may be downscaled
+        x1, y1, x2, y2 = (float(labels[f"optic_disc_{k}"]) * to_stored for k in ("x1", "y1", "x2", "y2"))
+        a = anatomy(image, fov)
+        x = a.disc_x * crop.side / SIZE - crop.pad_x + crop.x0  # back to the stored photo's pixels
+        y = a.disc_y * crop.side / SIZE - crop.pad_y + crop.y0
+        hits.append(x1 <= x <= x2 and y1 <= y <= y2)
+    return {"images": len(hits), "centre_inside_box": round(float(np.mean(hits)), 4)}
+
+
+def validate_laterality(root: Path, per_set: int | None = None, seed: int = 0) -> dict:
     out = {}
     for name in ("mex_dme_dr", "srahim_dr"):
         records = [r for r in read_source(name, root / name) if r.eye is not None]
-        random.Random(seed).shuffle(records)
-        hits, confident = [], []
-        for r in tqdm(records[:per_set], desc=f"laterality ({name})"):
+        if per_set:
+            records = random.Random(seed).sample(records, min(per_set, len(records)))
+        rows = []
+        for r in tqdm(records, desc=f"laterality ({name})"):
             try:
                 _, image, fov, _ = _prepared(r)
             except ImageError:
                 continue
-            m = measure(image, fov)
-            ok = m["eye"] == r.eye.value
-            hits.append(ok)
-            if m["eye_confidence"] >= 0.25:
-                confident.append(ok)
-        out[name] = {"images": len(hits), "accuracy": round(float(np.mean(hits)), 4),
-                     "confident_share": round(len(confident) / max(len(hits), 1), 4),
-                     "accuracy_when_confident": round(float(np.mean(confident)), 4) if confident else None}
+            a = anatomy(image, fov)
+            rows.append((r.id, a.eye == r.eye.value, a.eye_confidence))
+        ok = np.array([hit for _, hit, _ in rows])
+        conf = np.array([c for _, _, c in rows])
+        levels = {}
+        for level in EYE_CONFIDENCE_LEVELS:
+            sure = conf >= level
+            levels[str(level)] = {"coverage": round(float(sure.mean()), 4),
+                                  "accuracy": round(float(ok[sure].mean()), 4) if sure.any() else None}
+        out[name] = {"images": len(rows), "accuracy": round(float(ok.mean()), 4), "errors": int((~ok).sum()),
+                     "when_confident": levels,
+                     # the surest disagreements are where to look for labels that are wrong
+                     "surest_errors": [i for i, hit, c in sorted(rows, key=lambda t: -t[2]) if not hit][:20]}
     return out
 
 
@@ -96,12 +127,13 @@ def validate_vessels(root: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fundusgen.measure.validate", description=__doc__.split("\n")[0])
     p.add_argument("data_root", type=Path)
-    p.add_argument("--per-set", type=int, default=200, help="images per laterality set (seeded sample)")
+    p.add_argument("--per-set", type=int, help="images per laterality set (a seeded sample; default all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=("vessels", "disc", "laterality", "haze"), action="append")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
     args = p.parse_args(argv)
-    steps = {"vessels": lambda: validate_vessels(args.data_root), "disc": lambda: validate_disc(args.data_root),
+    steps = {"vessels": lambda: validate_vessels(args.data_root),
+             "disc": lambda: {"drishti_gs1": validate_disc(args.data_root), "csdi": validate_disc_boxes(args.data_root)},
              "laterality": lambda: validate_laterality(args.data_root, args.per_set, args.seed),
              "haze": lambda: validate_haze(args.data_root)}
     report = {k: fn() for k, fn in steps.items() if not args.only or k in args.only}

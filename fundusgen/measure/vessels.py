@@ -80,7 +80,10 @@ def fractal_dimension(mask: np.ndarray) -> float | None:
     sizes, counts = [], []
     s = 2
     while s <= side // 4:
-        blocks = m.reshape(side // s, s, side // s, s).any(axis=(1, 3)).sum()
+        # boxes of side s from those of side s / 2: each scale costs a quarter of the one before
+        n = m.shape[0] // 2
+        m = m.reshape(n, 2, n, 2).any(axis=(1, 3))
+        blocks = int(m.sum())
         if blocks:
             sizes.append(s)
             counts.append(blocks)
@@ -91,41 +94,48 @@ def fractal_dimension(mask: np.ndarray) -> float | None:
     return float(slope)
 
 
-def skeleton_segments(skeleton: np.ndarray) -> list[np.ndarray]:
-    """Branch-free pieces of a skeleton (junction pixels removed), as (N, 2) row/col arrays."""
-    sk = skeleton.astype(np.uint8)
-    neighbours = cv2.filter2D(sk, -1, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - sk
-    pieces = sk & (neighbours <= 2)
-    n, labels = cv2.connectedComponents(pieces.astype(np.uint8), connectivity=8)
-    ys, xs = np.nonzero(labels)
-    order = np.argsort(labels[ys, xs], kind="stable")
-    ys, xs, ls = ys[order], xs[order], labels[ys, xs][order]
-    splits = np.flatnonzero(np.diff(ls)) + 1
-    return [np.column_stack([y, x]) for y, x in zip(np.split(ys, splits), np.split(xs, splits))]
-
-
-def _end_pixels(seg: np.ndarray) -> np.ndarray:
-    """Pixels of a segment with exactly one 8-neighbour inside it."""
-    d = np.abs(seg[:, None, :] - seg[None, :, :]).max(-1)
-    return seg[(d == 1).sum(1) == 1]
-
-
-def arc_chord(seg: np.ndarray) -> float | None:
-    """Arc length over chord of one branch-free segment, or None when it is not a simple path.
+def skeleton_segments(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Branch-free pieces of a skeleton (junction pixels removed): (middle pixel (N, 2) row/col,
+    length in pixels (N,), arc length over chord (N,), NaN where a piece is not a simple path).
 
     Arc length is the 8-connected path length (diagonal steps count sqrt 2), chord the distance
-    between its two end pixels.
+    between the path's two end pixels (those with exactly one 8-neighbour in the piece). Counted
+    on the label image with shifts and bincounts, so the cost does not grow with a piece's length squared.
     """
-    ends = _end_pixels(seg)
-    if len(ends) != 2:
-        return None
-    steps = np.abs(seg[:, None, :] - seg[None, :, :])
-    straight = int(((steps.max(-1) == 1) & (steps.sum(-1) == 1)).sum()) // 2
-    n_steps = len(seg) - 1
-    diagonal = max(n_steps - straight, 0)
-    arc = (n_steps - diagonal) + diagonal * np.sqrt(2)
-    chord = float(np.hypot(*(ends[0] - ends[1])))
-    return arc / chord if chord > 0 else None
+    sk = skeleton.astype(np.uint8)
+    neighbours = cv2.filter2D(sk, -1, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - sk
+    n, labels = cv2.connectedComponents((sk & (neighbours <= 2)).astype(np.uint8), connectivity=8)
+    padded = np.pad(labels, 1)
+    h, w = labels.shape
+    in_piece = np.zeros(labels.shape, np.int32)   # 8-neighbours in the same piece
+    straight = np.zeros(n, np.int64)              # 4-adjacent pixel pairs per piece
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                same = (padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] == labels) & (labels > 0)
+                in_piece += same
+                if (dy, dx) in ((0, 1), (1, 0)):
+                    straight += np.bincount(labels[same], minlength=n)
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    order = np.argsort(lab, kind="stable")
+    ys, xs, lab = ys[order], xs[order], lab[order]
+    length = np.bincount(lab, minlength=n)[1:]
+    first = np.cumsum(length) - length
+    middle = np.column_stack([ys[first + length // 2], xs[first + length // 2]])
+    end = in_piece[ys, xs] == 1
+    n_ends = np.bincount(lab[end], minlength=n)[1:]
+    ey, ex, el = ys[end], xs[end], lab[end]  # sorted by piece: a simple path's two ends are adjacent
+    pair = np.flatnonzero((n_ends == 2))
+    starts = np.searchsorted(el, pair + 1)
+    chord = np.full(n - 1, np.nan)
+    chord[pair] = np.hypot(ey[starts] - ey[starts + 1], ex[starts] - ex[starts + 1])
+    steps = length - 1
+    diagonal = np.maximum(steps - straight[1:], 0)
+    arc = (steps - diagonal) + diagonal * np.sqrt(2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(chord > 0, arc / chord, np.nan)
+    return middle, length, ratio
 
 
 @dataclass
@@ -148,8 +158,9 @@ def regional_morphology(mask: np.ndarray, fov: np.ndarray, regions: dict[str, np
     skeleton = skeletonize(mask) & fov
     dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
     min_length, max_length = max(8, int(20 * s)), int(200 * s)
-    segments = [(seg[len(seg) // 2], arc_chord(seg)) for seg in skeleton_segments(skeleton)
-                if min_length <= len(seg) <= max_length]
+    middle, length, ratio = skeleton_segments(skeleton)
+    keep = (length >= min_length) & (length <= max_length) & np.isfinite(ratio)
+    middle, ratio = middle[keep], ratio[keep]
     out = {}
     for name, region in {"all": fov, **regions}.items():
         region = region & fov
@@ -158,11 +169,11 @@ def regional_morphology(mask: np.ndarray, fov: np.ndarray, regions: dict[str, np
             continue
         m = mask & region
         widths = 2.0 * dist[skeleton & region] - 1.0
-        ratios = [r for mid, r in segments if r is not None and region[mid[0], mid[1]]]
+        ratios = ratio[region[middle[:, 0], middle[:, 1]]]
         out[name] = asdict(VesselMorphology(
             density=round(float(m.sum()) / area, 4),
             calibre=round(float(widths.mean()) / s, 3) if len(widths) else None,
-            tortuosity=round(float(np.mean(ratios)), 4) if ratios else None,
+            tortuosity=round(float(np.mean(ratios)), 4) if len(ratios) else None,
             fractal_dimension=_round(fractal_dimension(m)) if m.sum() > 50 else None))
     return out
 
