@@ -63,6 +63,12 @@ def fingerprint(tar: Path, version: int) -> str:
     return f"{version}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def _one_thread() -> None:
+    """Worker start: the workers already fill the cores, so OpenCV's own threads would only contend."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
 def _measure_sample(sample: dict[str, bytes]) -> dict:
     """Runs in a worker: decode one raw sample and measure it."""
     image = np.asarray(Image.open(io.BytesIO(sample.get("jpg") or sample["png"])).convert("RGB"))
@@ -97,7 +103,7 @@ def measure_folder(folder: str | Path, shard: tuple[int, int] = (0, 1), workers:
     skipped = len(input_shards(folder, shard)) - len(todo)
     bar = tqdm(desc="measure", unit="img", disable=not progress)
     items = 0
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 and todo else None
+    pool = mp.get_context("spawn").Pool(workers, initializer=_one_thread) if workers > 1 and todo else None
     try:
         for tar in todo:
             samples = list(read_tar(tar))
