@@ -196,7 +196,9 @@ def find_fovea(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float
     green = cv2.GaussianBlur(rgb[..., 1].astype(np.float32), (0, 0), max(1.0, dd / 4))
     yy, xx = np.ogrid[:fov.shape[0], :fov.shape[1]]
     along = (xx - dx) * temporal
-    inner = cv2.erode(fov.astype(np.uint8), np.ones((int(dd) | 1, int(dd) | 1), np.uint8)) > 0
+    # the frame's edge counts as outside: a FOV cut by the frame has no dark rim to take for a fovea there
+    inner = cv2.erode(fov.astype(np.uint8), np.ones((int(dd) | 1, int(dd) | 1), np.uint8),
+                      borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
     window = inner & (along > 1.8 * dd) & (along < 3.2 * dd) & (np.abs(yy - dy) < 1.0 * dd)
     if window.sum() < 10:
         return None

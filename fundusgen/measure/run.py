@@ -65,8 +65,11 @@ def fingerprint(tar: Path, version: int | str) -> str:
 
 
 def _one_thread() -> None:
-    """Worker initialiser: the workers already share out the cores, so each runs torch on one."""
+    """Worker initialiser: the workers already fill the cores, so torch's and OpenCV's own threads
+    would only contend."""
+    import cv2
     import torch
+    cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
 
