@@ -6,7 +6,8 @@ import torch
 from skimage import data
 
 from fundusgen.data.fundus import preprocess
-from fundusgen.eval.retina_features import retina_features, retina_frechet, sample_ids
+from fundusgen.eval.report import _sample_ids as sample_ids
+from fundusgen.eval.retina_features import retina_features, retina_frechet
 
 
 def _images(n=12):

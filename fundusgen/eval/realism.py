@@ -242,9 +242,15 @@ def split_floor(real: np.ndarray, n_synth: int, *, k: int = 3, seed: int = 0) ->
     """Real-vs-real floor within one set: a random part of min(n_synth, N/2) images plays the
     synthetic set against the rest. FID depends on the number of images, so the part matches the
     synthetic set's size where the real set allows; with n_synth >= N/2 it is two halves."""
+    rest, part = floor_split(real, n_synth, seed)
+    return compare(rest, part, k=k, seed=seed)
+
+
+def floor_split(real: np.ndarray, n_synth: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, part): a seeded random part of min(n_synth, N/2) real rows, to play the synthetic set."""
     order = np.random.default_rng(seed).permutation(len(real))
     part = max(1, min(n_synth, len(real) // 2))
-    return compare(real[order[part:]], real[order[:part]], k=k, seed=seed)
+    return real[order[part:]], real[order[:part]]
 
 
 def realism_report(real_feats: dict[str, np.ndarray], synth_feats: np.ndarray, *, pooled: bool = True,

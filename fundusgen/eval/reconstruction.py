@@ -1,7 +1,7 @@
 """How faithfully an autoencoder reproduces held-out fundus photographs: PSNR, SSIM, and vessel
 fidelity (the vessel mask of the reconstruction scored against the vessel mask of the original,
-F1 inside the field of view), with the project's vessel network or, without its weights, the
-classical top-hat segmentation."""
+F1 inside the field of view), with the measurement step's ``vessel_mask`` (the project's vessel
+network, or the classical top-hat without its weights)."""
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -11,16 +11,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
+from fundusgen.measure.vessels import shipped_vessel_net
 from fundusgen.model.autoencoder import FundusAutoencoder
-
-
-def vessel_segmenter() -> tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
-    """(name, rgb, fov -> mask): the shipped vessel network, else the classical method."""
-    from fundusgen.measure.vessels import classical_vessels, network_vessels, shipped_vessel_net
-    net = shipped_vessel_net()
-    if net is not None:
-        return "network", lambda rgb, fov: network_vessels(net, rgb, fov)[1]
-    return "classical", lambda rgb, fov: classical_vessels(rgb, fov)[1]
 
 
 @torch.no_grad()
@@ -43,12 +35,12 @@ def scores(original: np.ndarray, recon: np.ndarray, fov: np.ndarray,
 def evaluate_autoencoder(ae: FundusAutoencoder, samples: Iterable[tuple[np.ndarray, np.ndarray]], total: int | None = None,
                          progress: bool = True) -> dict:
     """Mean and standard deviation of each score over (rgb, fov) samples."""
-    name, segment = vessel_segmenter()
-    rows = [scores(rgb, reconstruct(ae, rgb), fov.astype(bool), segment)
+    from fundusgen.measure.attributes import vessel_mask
+    rows = [scores(rgb, reconstruct(ae, rgb), fov.astype(bool), lambda im, f: vessel_mask(im, f)[0])
             for rgb, fov in tqdm(samples, total=total, desc="reconstructions", unit="img", disable=not progress)]
     if not rows:
         return {"images": 0}
-    out = {"images": len(rows), "vessel_method": name}
+    out = {"images": len(rows), "vessel_method": "network" if shipped_vessel_net() is not None else "classical"}
     for k in rows[0]:
         v = np.array([r[k] for r in rows])
         out[k] = {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4)}

@@ -273,7 +273,8 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
     timings["realism_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    realism["retina_domain"] = _retina_domain(cfg, synth.ids, reals, progress, warnings)
+    real_ids = {name: _sample_ids(f.ids, cfg.max_real_anatomy, cfg.seed) for name, f in reals.items()}
+    realism["retina_domain"] = _retina_domain(cfg, synth.ids, real_ids, progress, warnings)
     timings["retina_features_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -297,7 +298,6 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
     tick = time.perf_counter()
     synth_checks = run_anatomy(synth_source, synth.ids, cache_dir=cfg.cache_dir, desc="anatomy synthetic",
                                progress=progress)
-    real_ids = {name: _sample_ids(f.ids, cfg.max_real_anatomy, cfg.seed) for name, f in reals.items()}
     real_checks = {name: run_anatomy(real_sources[name], ids, cache_dir=cfg.cache_dir, desc=f"anatomy {name}",
                                      progress=progress) for name, ids in real_ids.items()}
     warnings += _size_warnings(synth_source, synth.ids, real_sources, real_ids)
@@ -528,15 +528,15 @@ metric: 1-Wasserstein (in the metric's unit) and the Kolmogorov-Smirnov statisti
 <details><summary>How these were computed</summary><p>{_e(report['vessels']['method'])}</p></details>"""
 
 
-def _retina_domain(cfg: EvaluateConfig, synth_ids: list[str], reals: dict, progress: bool, warnings: list[str]) -> dict:
+def _retina_domain(cfg: EvaluateConfig, synth_ids: list[str], real_ids: dict[str, list[str]], progress: bool,
+                   warnings: list[str]) -> dict:
     """Fréchet distance on features of the project's fundus-trained vessel network, per real set
-    (at most ``max_real_anatomy`` images of each, seeded), with its real-vs-real floor."""
+    (the images sampled for the anatomy check), with its real-vs-real floor."""
     from fundusgen.eval import retina_features as rf
     try:
         synth = rf.retina_features(synth_ids, ImageSource(cfg.synthetic), progress=progress, desc="retina features synthetic")
-        real = {r.name: rf.retina_features(rf.sample_ids(reals[r.name].ids, cfg.max_real_anatomy, cfg.seed),
-                                           ImageSource(r.path), progress=progress, desc=f"retina features {r.name}")
-                for r in cfg.real}
+        real = {r.name: rf.retina_features(real_ids[r.name], ImageSource(r.path), progress=progress,
+                                           desc=f"retina features {r.name}") for r in cfg.real}
     except FundusgenError as e:
         warnings.append(f"retina-domain Fréchet distance: {e}")
         return {"features": rf.DESCRIPTION, "error": str(e), "per_real_set": {}}

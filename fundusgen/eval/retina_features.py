@@ -10,7 +10,7 @@ them is computed exactly as FID is (``fundusgen.eval.realism.fid``).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -62,22 +62,13 @@ def retina_features(ids: list[str], load: Callable[[str], np.ndarray], *, batch_
     return np.concatenate(out) if out else np.zeros((0, 496))
 
 
-def sample_ids(ids: list[str], limit: int, seed: int) -> list[str]:
-    if len(ids) <= limit:
-        return list(ids)
-    keep = np.random.default_rng(seed).choice(len(ids), limit, replace=False)
-    return [ids[i] for i in sorted(keep)]
-
-
 def retina_frechet(real: dict[str, np.ndarray], synth: np.ndarray, seed: int = 0) -> dict:
     """Per real set: the Fréchet distance of synthetic vs real and its real-vs-real floor."""
-    from fundusgen.eval.realism import fid
+    from fundusgen.eval.realism import fid, floor_split
     out = {}
     for name, feats in real.items():
-        order = np.random.default_rng(seed).permutation(len(feats))
-        part = max(1, min(len(synth), len(feats) // 2))
         entry = {"n_real": len(feats), "n_synth": len(synth)}
-        for key, (a, b) in {"fd": (feats, synth), "floor": (feats[order[part:]], feats[order[:part]])}.items():
+        for key, (a, b) in {"fd": (feats, synth), "floor": floor_split(feats, len(synth), seed)}.items():
             try:
                 entry[key] = fid(a, b).value
             except FundusgenError as e:
