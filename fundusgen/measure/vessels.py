@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -259,6 +259,7 @@ class VesselTrainConfig:
     depth: int = 3
     seed: int = 0
     checkpoint_every: int = 500
+    init: str | None = None       # start from this trained model folder (fine-tuning); channels/depth come from it
 
 
 def _vessel_images(folder: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -298,7 +299,12 @@ def train_vessel_net(cfg: VesselTrainConfig, progress: bool = True) -> Path:
         raise FundusgenError(f"{cfg.data}: no training images with vessel masks (prepare DRIVE, CHASE_DB1, STARE)")
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    model = build_unet(cfg.channels, cfg.depth)
+    if cfg.init:
+        model = load_vessel_net(cfg.init).train()
+        model.config.pop("threshold", None)
+        cfg = replace(cfg, channels=model.config["channels"], depth=model.config["depth"])
+    else:
+        model = build_unet(cfg.channels, cfg.depth)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     ckpt = load_checkpoint(out / "checkpoint.pt")
@@ -443,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train the U-Net on a prepared folder of DRIVE + CHASE_DB1 + STARE")
     t.add_argument("--data", required=True, help="prepared folder with `vessels` masks")
     t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--init", help="fine-tune this trained model folder instead of starting from random weights")
     add_training_arguments(t, VesselTrainConfig)
     c = sub.add_parser("calibrate", help="set a trained model's threshold to the best F1 on the training images "
                        "(DRIVE and CHASE_DB1 training splits, STARE), written into its config.json")
