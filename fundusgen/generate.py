@@ -30,10 +30,17 @@ def contact_sheet(images: list[Image.Image], columns: int | None = None, thumb: 
 
 
 def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: int = 4, seed: int = 0,
-                       progress: bool = True, **settings) -> list[Path]:
+                       progress: bool = True, attributes: list[dict] | None = None, **settings) -> list[Path]:
+    """Images for every prompt, ``num_images`` each (image i of a prompt uses seed + i).
+
+    ``attributes``, one dict per prompt when the prompts were written from attributes (eye, DR
+    grade, CDR ...), go into each sidecar under ``"attributes"``: evaluation reads what an image
+    was asked to show from there (caption faithfulness, class labels of synthetic training data)."""
     from fundusgen.model.pipeline import FundusGen
     if num_images < 1:
         raise FundusgenError(f"-n {num_images}: the number of images must be at least 1")
+    if attributes is not None and len(attributes) != len(prompts):
+        raise ValueError(f"{len(attributes)} attribute sets for {len(prompts)} prompts")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -47,6 +54,8 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
             stem = f"{p_i:03d}_{i:03d}_seed{seed + i}" if len(prompts) > 1 else f"{i:03d}_seed{seed + i}"
             png, sidecar = out / f"{stem}.png", out / f"{stem}.json"
             expected = {"prompt": prompt, "seed": seed + i, **settings}
+            if attributes is not None:
+                expected["attributes"] = attributes[p_i]
             if png.exists() and sidecar.exists():
                 meta = json.loads(sidecar.read_text())
                 if all(meta.get(k) == v for k, v in expected.items()):
@@ -56,7 +65,10 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
                     continue
             result = pipe(prompt, num_images=1, seed=seed + i, **settings)
             atomic_write_bytes(png, _png(result.images[0]))
-            atomic_write_text(sidecar, json.dumps({**result.metadata[0], "file": png.name}, indent=2))
+            meta = {**result.metadata[0], "file": png.name}
+            if attributes is not None:
+                meta["attributes"] = attributes[p_i]
+            atomic_write_text(sidecar, json.dumps(meta, indent=2))
             images.append(result.images[0])
             written.append(png)
             bar.update(1)

@@ -79,6 +79,9 @@ def workspace(tmp_path_factory):
     save(synthetic / "copy.png", ImageSource(root / "prepared")(train_key))
     save(synthetic / "astronaut.png", np.asarray(Image.fromarray(data.astronaut()).resize((64, 64))))
     save(synthetic / "contact_sheet.png", np.zeros((128, 128, 3), np.uint8))
+    for i, attrs in enumerate([{"eye": "left", "dr_grade": 0}, {"eye": "right", "dr_grade": 2},
+                               {"eye": "left", "cataract_severity": "severe"}, {"eye": "right", "cdr": 0.8}]):
+        (synthetic / f"{i:03d}_seed{i}.json").write_text(json.dumps({"file": f"{i:03d}_seed{i}.png", "attributes": attrs}))
     return {"root": root, "prepared": root / "prepared", "synthetic": synthetic, "cache": root / "cache",
             "train_key": train_key}
 
@@ -117,6 +120,15 @@ def test_evaluate_writes_the_report_with_realism_floors_and_pooled_figures(works
     assert vessels["density"]["synthetic"]["n"] == 12 and set(vessels["density"]["real"]) == {"all", "heldout"}
     assert "wasserstein" in vessels["density"]["real"]["all"]
     assert "3. Vessels" in (workspace["root"] / "report" / "report.html").read_text()
+
+
+def test_images_generated_from_attributes_get_the_faithfulness_section(workspace, evaluated):
+    report, printed, _ = evaluated
+    f = report["faithfulness"]
+    assert f["n_synthetic"] == 4 and f["synthetic"]["eye"]["n"] == 4 and f["synthetic"]["cdr"]["n"] == 1
+    assert f["synthetic"]["dr_lesions"]["n"] == 2 and f["real"]["dr_lesions"]["n"] == 6  # the held-out test split
+    assert "4. Caption faithfulness" in (workspace["root"] / "report" / "report.html").read_text()
+    assert "caption faithfulness (4 images): eye" in printed
 
 
 def test_an_exact_copy_of_a_training_image_is_flagged_and_the_verdict_printed(workspace, evaluated):

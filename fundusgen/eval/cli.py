@@ -24,6 +24,16 @@ def cmd_evaluate(args) -> int:
                      for name, s in a["real"].items())
     print(f"anatomy: {a['synthetic']['valid_share']:.1%} of {a['synthetic']['n']} synthetic images valid, "
           f"{a['synthetic']['one_disc_share']:.1%} with exactly one optic disc (real {refs})")
+    f = report.get("faithfulness", {})
+    if "synthetic" in f:
+        parts = []
+        for attr, key, label in (("eye", "accuracy", "eye"), ("dr_grade", "accuracy", "DR grade"),
+                                 ("dr_lesions", "balanced_accuracy", "DR lesions"),
+                                 ("cataract", "haze_balanced_accuracy", "cataract"), ("cdr", "mean_absolute_error", "CDR MAE")):
+            value, ceiling = f["synthetic"].get(attr, {}).get(key), f["real"].get(attr, {}).get(key)
+            if value is not None:
+                parts.append(f"{label} {value:.2f}" + (f" (real {ceiling:.2f})" if ceiling is not None else ""))
+        print(f"caption faithfulness ({f['n_synthetic']} images): " + ", ".join(parts))
     print(report["verdict"])
     print(f"wrote {cfg.out / 'report.html'} and {cfg.out / 'report.json'} ({report['timings']['total_s']:.0f} s)")
     return 0

@@ -310,6 +310,10 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
                     for name, ids in real_ids.items()}
     timings["vessels_s"] = time.perf_counter() - tick
 
+    tick = time.perf_counter()
+    faithful = _faithfulness(cfg, progress, warnings)
+    timings["faithfulness_s"] = time.perf_counter() - tick
+
     report = {
         "fundusgen_version": fundusgen.__version__,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -333,6 +337,7 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
         },
         "vessels": {"method": vessel_eval.__doc__.strip(),
                     "metrics": vessel_eval.compare_geometry(real_vessels, synth_vessels)},
+        "faithfulness": faithful,
         "warnings": warnings,
     }
     tick = time.perf_counter()
@@ -493,9 +498,70 @@ def render_html(report: dict, assets: _Assets) -> str:
     if report["warnings"]:
         parts.append("<ul>" + "".join(f"<li class='warn'>{_e(w)}</li>" for w in report["warnings"]) + "</ul>")
     parts += [_realism_html(report), _anatomy_html(report, assets), _vessels_html(report, assets),
-              _memorisation_html(report, assets),
+              _faithfulness_html(report), _memorisation_html(report, assets),
               _inputs_html(report), "</body></html>"]
     return "\n".join(parts)
+
+
+def _faithfulness(cfg: EvaluateConfig, progress: bool, warnings: list[str]) -> dict:
+    """Section 4, for the synthetic images whose sidecars say which attributes they were asked for."""
+    from fundusgen.eval import faithfulness
+    if not faithfulness.requested(cfg.synthetic):
+        return {"skipped": "no synthetic image has requested attributes in its sidecar (generate from attributes, "
+                           "e.g. `python -m fundusgen.eval.faithfulness generate DIR`)"}
+    try:
+        return faithfulness.evaluate_faithfulness(cfg.synthetic, cfg.train, progress=progress)
+    except FundusgenError as e:
+        warnings.append(f"caption faithfulness: {e}")
+        return {"skipped": str(e)}
+
+
+def _faithfulness_html(report: dict) -> str:
+    f = report.get("faithfulness") or {}
+    if "skipped" in f:
+        return f"<h2>4. Caption faithfulness</h2><p>Not measured: {_e(f['skipped'])}</p>"
+    syn, real = f["synthetic"], f["real"]
+
+    def num(d: dict, key: str, pct: bool = True) -> str:
+        v = d.get(key)
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            return "n/a"
+        return _pct(v) if pct else f"{v:.3g}"
+
+    rows = []
+    for attr, key, label, pct in (("eye", "accuracy", "eye: measured laterality = requested", True),
+                                  ("eye", "confident_accuracy", "eye, where the measurement is confident (>= 0.9)", True),
+                                  ("dr_grade", "accuracy", "DR grade: classifier = requested", True),
+                                  ("dr_grade", "quadratic_kappa", "DR grade: quadratic weighted kappa", False),
+                                  ("dr_lesions", "balanced_accuracy", "DR: dark lesions present exactly when DR requested (balanced accuracy)", True),
+                                  ("cataract", "haze_balanced_accuracy", "cataract: haze above the real-data threshold (balanced accuracy)", True),
+                                  ("cataract", "classifier_balanced_accuracy", "cataract: classifier (balanced accuracy)", True),
+                                  ("cdr", "mean_absolute_error", "CDR: mean absolute error of the disc/cup network", False)):
+        if attr not in syn and attr not in real:
+            continue
+        s, r = syn.get(attr, {}), real.get(attr, {})
+        rows.append(f"<tr><td>{_e(label)}</td><td>{num(s, key, pct)} (n={s.get('n', 0)})</td>"
+                    f"<td>{num(r, key, pct)} (n={r.get('n', 0)})</td></tr>")
+    confusion = ""
+    if "dr_grade" in syn:
+        m = syn["dr_grade"]["confusion"]
+        confusion = ("<h3>DR grade: requested (rows) vs classified (columns)</h3><table><tr><th></th>"
+                     + "".join(f"<th>{g}</th>" for g in range(len(m)))
+                     + "".join(f"<tr><th>{i}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for i, row in enumerate(m))
+                     + "</table>")
+    cdr = ""
+    if syn.get("cdr", {}).get("mean_measured_by_requested"):
+        cdr = "<p>Measured CDR per requested CDR: " + ", ".join(
+            f"{k} &rarr; {v:.2f}" for k, v in syn["cdr"]["mean_measured_by_requested"].items()) + "</p>"
+    return f"""<h2>4. Caption faithfulness</h2>
+<p>{f['n_synthetic']} synthetic images generated from known attributes, measured by the project's measurement
+networks; beside each figure, the same predictor on {f['n_real']} real held-out photographs with known labels
+(the ceiling). Chance is 50% for the balanced accuracies and the eye.</p>
+<table><tr><th>attribute</th><th>synthetic</th><th>real (ceiling)</th></tr>{''.join(rows)}</table>
+{confusion}{cdr}
+<details><summary>How these were computed</summary><p>{_e(f['method'])}</p>
+<p>Haze threshold {_e(syn.get('cataract', {}).get('haze_threshold', 'n/a'))}, fitted on the {_e(f['haze_threshold_fitted_on'])}
+of the real photographs labelled cataract or not.</p></details>"""
 
 
 def _vessels_html(report: dict, assets: _Assets) -> str:
@@ -629,7 +695,7 @@ size (seed {assets.cfg.seed}).</p></details>"""
 def _memorisation_html(report: dict, assets: _Assets) -> str:
     m = report["memorisation"]
     if "error" in m:
-        return f"<h2>4. Memorisation</h2><p class='warn'>{_e(m['error'])}</p>"
+        return f"<h2>6. Memorisation</h2><p class='warn'>{_e(m['error'])}</p>"
     result = assets.memorisation
     t = m["threshold"]
     synth_sims = np.array([x.similarity for x in result.nearest])
@@ -651,7 +717,7 @@ def _memorisation_html(report: dict, assets: _Assets) -> str:
                      f"{flagged_rows}</table>") if flagged_rows else "<p>No pair reaches the threshold.</p>"
     q = "".join(f"<td>{v:.3f}</td>" for v in t["heldout_quantiles"].values())
     qs = "".join(f"<td>{v:.3f}</td>" for v in m["synthetic_quantiles"].values())
-    return f"""<h2>4. Memorisation</h2>
+    return f"""<h2>6. Memorisation</h2>
 <p class='verdict'>{_e(report['verdict'])}</p>
 <p>Nearest training image ({report['inputs']['train']['n_train']} images, the train split of
 {_e(report['inputs']['train']['path'])}) of every synthetic image. The threshold is the {t['quantile']:.1%}

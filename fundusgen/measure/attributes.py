@@ -1,18 +1,33 @@
 """``measure(image, fov) -> dict``: every measured attribute of one preprocessed fundus image."""
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import replace
 
 import numpy as np
 
 from fundusgen.data.quality import assess
 from fundusgen.measure.disc import anatomy, disc_start, fov_geometry, regions
-from fundusgen.measure.disccup import segment_disc_cup, shipped_net
+from fundusgen.measure.disccup import SHIPPED as DISC_CUP_SHIPPED, segment_disc_cup, shipped_net
 from fundusgen.measure.lesions import haze, lesion_cues
+from fundusgen.measure.vessels import SHIPPED as VESSELS_SHIPPED
 from fundusgen.measure.vessels import classical_vessels, network_vessels, regional_morphology, shipped_vessel_net
 
 VERSION = 3  # bump when a measurement changes, so stored measurements are redone
 VESSEL_METHODS = ("auto", "network", "classical")
+
+
+@functools.lru_cache(maxsize=1)
+def weights_id() -> str:
+    """A digest of the shipped measurement networks' weights and calibrated thresholds: part of
+    every stored measurement's fingerprint, so that new weights redo what the old ones measured."""
+    h = hashlib.sha1()
+    for folder in (VESSELS_SHIPPED, DISC_CUP_SHIPPED):
+        for name in ("model.safetensors", "config.json"):
+            path = folder / name
+            h.update(path.read_bytes() if path.is_file() else b"absent")
+    return h.hexdigest()[:12]
 
 
 def vessel_mask(image: np.ndarray, fov: np.ndarray, method: str = "auto") -> tuple[np.ndarray, str]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fundusgen.data.shards import atomic_write_text
 from fundusgen.errors import FundusgenError
-from fundusgen.measure.attributes import VERSION, measure
+from fundusgen.measure.attributes import VERSION, measure, weights_id
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -102,7 +102,7 @@ def measure_folder(folder: str | Path, shard: tuple[int, int] = (0, 1), workers:
     out.mkdir(exist_ok=True)
     for stale in out.glob(".*.tmp"):
         stale.unlink()
-    version = f"{VERSION}-{vessel_method}"  # measurements made another way are redone
+    version = f"{VERSION}-{vessel_method}-{weights_id()}"  # measurements made another way, or by other weights, are redone
     todo = [t for t in input_shards(folder, shard)
             if not shard_done(out / f"{t.stem}.json", fingerprint(t, version))]
     skipped = len(input_shards(folder, shard)) - len(todo)

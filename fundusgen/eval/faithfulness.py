@@ -1,0 +1,315 @@
+"""Caption faithfulness: does a synthetic image show what its prompt asked for?
+
+A prompt set with known attributes (``prompt_cells``: each eye with each DR grade, cataract or
+not, a small or a large cup) is written into captions by the caption module and generated with
+the attributes stored in every sidecar (``fundusgen generate`` does this for attribute prompts).
+Each image is then measured by the same networks and rules that caption real photographs
+(``fundusgen.measure``), and, where given, by classifiers trained on real photographs:
+
+* eye: the measured laterality (disc side and vessel arcades) against the requested eye;
+* DR: a classifier's grade against the requested grade (accuracy, quadratic weighted kappa, a
+  5x5 confusion matrix); and, with no classifier needed, whether the measured dark lesions
+  (microaneurysms, haemorrhages) are present exactly when DR (grade >= 1) was requested;
+* cataract: the measured media haze, thresholded where it best separates cataract from clear
+  real photographs of the training split, against the request;
+* CDR: the disc/cup network's vertical cup-to-disc ratio against the requested one (mean absolute
+  error, and the mean measured per requested value).
+
+Every figure comes with the same predictor's score on real photographs whose labels are known
+(the held-out splits of a prepared folder): the ceiling a perfect generator could reach with these
+measurements. A synthetic score near the ceiling means the image carries the attribute as well
+as real photographs do; a score near chance means the prompt was ignored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from fundusgen.errors import FundusgenError
+
+DR_GRADES = (0, 1, 2, 3, 4)
+CDR_LEVELS = (0.3, 0.8)
+EYES = ("left", "right")
+
+
+def prompt_cells() -> list[dict]:
+    """The default prompt set: 10 eye x DR-grade cells, 4 eye x cataract cells, 4 eye x CDR cells."""
+    cells = [{"eye": e, "dr_grade": g} for e in EYES for g in DR_GRADES]
+    cells += [{"eye": e, "cataract_severity": c} for e in EYES for c in ("none", "severe")]
+    cells += [{"eye": e, "cdr": c} for e in EYES for c in CDR_LEVELS]
+    return cells
+
+
+def generate_prompt_set(out: Path, per_cell: int = 2, model=None, seed: int = 0, progress: bool = True,
+                        cells: list[dict] | None = None, **settings) -> list[Path]:
+    """Generate ``per_cell`` images for every cell (the same seeds in every cell, so that cells differ
+    only by their prompt), with each cell's attributes in the sidecars."""
+    from fundusgen.caption.template import describe
+    from fundusgen.generate import generate_to_folder
+    cells = cells or prompt_cells()
+    prompts = [describe(cell, seed=i) for i, cell in enumerate(cells)]
+    return generate_to_folder(prompts, Path(out), model=model, num_images=per_cell, seed=seed, progress=progress,
+                              attributes=cells, **settings)
+
+
+def requested(folder: Path) -> dict[str, dict]:
+    """image file (relative to ``folder``) -> the attributes its sidecar says it was generated from."""
+    out = {}
+    for sidecar in sorted(Path(folder).rglob("*.json")):
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or not isinstance(meta.get("attributes"), dict) or not meta.get("file"):
+            continue
+        image = sidecar.parent / meta["file"]
+        if image.is_file():
+            out[str(image.relative_to(folder))] = meta["attributes"]
+    return out
+
+
+# --- predictors: one image's measurements -> what it shows -------------------------------------
+
+MIN_DARK_LESIONS = 3  # the caption writer's threshold: fewer measured spots are not mentioned
+
+
+def measure_image(rgb: np.ndarray, side: int = 512) -> dict:
+    """The measurement step on one image, at the side the prepared real photographs have."""
+    from fundusgen.data.fundus import preprocess
+    from fundusgen.measure.attributes import measure
+    image, fov, _ = preprocess(rgb, side)
+    return measure(image, fov)
+
+
+def shows_dark_lesions(m: dict) -> bool:
+    return int(m["lesions"]["dark"]["count"]) >= MIN_DARK_LESIONS
+
+
+def haze_value(m: dict) -> float:
+    return float(m["haze"]["haze"])
+
+
+def balanced_threshold(values: np.ndarray, positive: np.ndarray) -> float:
+    """The threshold t on ``values`` (positive when value > t) with the best balanced accuracy."""
+    values, positive = np.asarray(values, float), np.asarray(positive, bool)
+    if positive.all() or not positive.any():
+        raise FundusgenError("a threshold needs both positive and negative real images")
+    candidates = np.unique(values)
+    best, best_t = -1.0, float(candidates[0])
+    for t in candidates:
+        score = balanced_accuracy(positive, values > t)
+        if score > best:
+            best, best_t = score, float(t)
+    return best_t
+
+
+def balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean of the recalls of the classes present in ``truth``."""
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    recalls = [float(np.mean(predicted[truth == c] == c)) for c in np.unique(truth)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def quadratic_kappa(truth, predicted, labels=DR_GRADES) -> float:
+    from sklearn.metrics import cohen_kappa_score
+    if len(set(truth) | set(predicted)) < 2:
+        return float("nan")
+    return float(cohen_kappa_score(truth, predicted, labels=list(labels), weights="quadratic"))
+
+
+def confusion(truth, predicted, labels=DR_GRADES) -> list[list[int]]:
+    """rows: requested (or true) grade, columns: predicted grade."""
+    index = {c: i for i, c in enumerate(labels)}
+    m = np.zeros((len(labels), len(labels)), int)
+    for t, p in zip(truth, predicted):
+        m[index[t], index[p]] += 1
+    return m.tolist()
+
+
+# --- scoring --------------------------------------------------------------------------------------
+
+@dataclass
+class Item:
+    """One image: what it was asked to show (or, for a real photograph, its labels) and what was
+    measured on it; ``predicted`` holds classifier outputs (e.g. {'dr_grade': 2})."""
+    attributes: dict
+    measurements: dict
+    predicted: dict = field(default_factory=dict)
+
+
+def _dr_target(a: dict) -> int | None:
+    return int(a["dr_grade"]) if a.get("dr_grade") is not None else None
+
+
+def _has_dr(a: dict) -> bool | None:
+    if a.get("dr_grade") is not None:
+        return int(a["dr_grade"]) >= 1
+    if a.get("dr_stage") is not None:
+        return a["dr_stage"] != "none"
+    return a.get("dr")
+
+
+def _cataract(a: dict) -> bool | None:
+    if a.get("cataract_severity") is not None:
+        return a["cataract_severity"] != "none"
+    return a.get("cataract")
+
+
+def score(items: list[Item], haze_threshold: float | None) -> dict:
+    """Per-attribute agreement of the measurements (and classifiers) with the attributes."""
+    out: dict = {}
+    eye = [(i.attributes["eye"], i.measurements.get("eye"), float(i.measurements.get("eye_confidence") or 0))
+           for i in items if i.attributes.get("eye") in EYES]
+    if eye:
+        right = np.array([t == p for t, p, _ in eye])
+        confident = np.array([c >= 0.9 for *_, c in eye])
+        out["eye"] = {"n": len(eye), "accuracy": float(right.mean()),
+                      "confident_share": float(confident.mean()),
+                      "confident_accuracy": float(right[confident].mean()) if confident.any() else None}
+    lesions = [(_has_dr(i.attributes), shows_dark_lesions(i.measurements)) for i in items
+               if _has_dr(i.attributes) is not None]
+    if lesions:
+        t, p = np.array(lesions).T
+        out["dr_lesions"] = {"n": len(lesions), "balanced_accuracy": balanced_accuracy(t, p),
+                             "share_with_lesions_when_dr": float(p[t].mean()) if t.any() else None,
+                             "share_with_lesions_when_no_dr": float(p[~t].mean()) if (~t).any() else None}
+    graded = [(_dr_target(i.attributes), int(i.predicted["dr_grade"])) for i in items
+              if _dr_target(i.attributes) is not None and "dr_grade" in i.predicted]
+    if graded:
+        t, p = (list(v) for v in zip(*graded))
+        out["dr_grade"] = {"n": len(graded), "accuracy": float(np.mean(np.array(t) == np.array(p))),
+                           "quadratic_kappa": quadratic_kappa(t, p), "confusion": confusion(t, p),
+                           "mean_absolute_error": float(np.mean(np.abs(np.array(t) - np.array(p))))}
+    cat = [(_cataract(i.attributes), haze_value(i.measurements), i.predicted.get("cataract")) for i in items
+           if _cataract(i.attributes) is not None]
+    if cat:
+        t = np.array([c[0] for c in cat], bool)
+        h = np.array([c[1] for c in cat])
+        entry = {"n": len(cat), "mean_haze_cataract": float(h[t].mean()) if t.any() else None,
+                 "mean_haze_clear": float(h[~t].mean()) if (~t).any() else None}
+        if haze_threshold is not None:
+            entry["haze_threshold"] = haze_threshold
+            entry["haze_balanced_accuracy"] = balanced_accuracy(t, h > haze_threshold)
+        if all(c[2] is not None for c in cat):
+            entry["classifier_balanced_accuracy"] = balanced_accuracy(t, np.array([bool(c[2]) for c in cat]))
+        out["cataract"] = entry
+    cdr = [(float(i.attributes["cdr"]), i.measurements["disc"].get("cdr")) for i in items
+           if i.attributes.get("cdr") is not None]
+    if cdr:
+        measured = [(t, m) for t, m in cdr if m is not None]
+        entry = {"n": len(cdr), "measured_share": len(measured) / len(cdr)}
+        if measured:
+            t, m = np.array(measured).T
+            entry["mean_absolute_error"] = float(np.abs(t - m).mean())
+            entry["mean_measured_by_requested"] = {f"{v:g}": float(m[t == v].mean()) for v in np.unique(t)}
+        out["cdr"] = entry
+    return out
+
+
+# --- real photographs: the ceiling ----------------------------------------------------------------
+
+def real_items(prepared: Path, splits: Iterable[str] = ("test", "val"), limit: int = 200, seed: int = 0,
+               progress: bool = True) -> tuple[list[Item], list[Item]]:
+    """(held-out items, training items) of a prepared folder: labels from its index, measurements
+    from its ``measure/`` output where present (``fundusgen measure``), else measured here on a
+    seeded sample of at most ``limit`` held-out images (training items then stay empty)."""
+    import pandas as pd
+    from fundusgen.measure.run import read_measurements
+    prepared = Path(prepared)
+    try:
+        index = pd.read_parquet(prepared / "index.parquet")
+    except (OSError, ValueError) as e:
+        raise FundusgenError(f"{prepared}: not a prepared folder ({e})") from None
+    labels = ["eye", "dr_grade", "dr_stage", "dr", "cataract", "cataract_severity", "cdr"]
+    index = index[[c for c in ["key", "shard", "split", "dataset"] + labels if c in index.columns]]
+    stored: dict[str, dict] = {}
+    for shard in sorted(set(index["shard"])):
+        stored.update(read_measurements(prepared, Path(shard).stem))
+
+    def attrs(row) -> dict:
+        return {k: (None if pd.isna(row[k]) else row[k]) for k in labels if k in row}
+
+    held = index[index["split"].isin(list(splits))]
+    train = index[index["split"] == "train"]
+    if stored:
+        pick = lambda frame: [Item(attrs(r), stored[r["key"]]) for _, r in frame.iterrows() if r["key"] in stored]  # noqa: E731
+        return pick(held), pick(train)
+    from fundusgen.eval.report import ImageSource
+    rows = held.sample(n=min(limit, len(held)), random_state=seed) if len(held) else held
+    source = ImageSource(prepared)
+    items = [Item(attrs(r), measure_image(source(r["key"])))
+             for _, r in tqdm(list(rows.iterrows()), desc="faithfulness: measure real", unit="img", disable=not progress)]
+    return items, []
+
+
+def haze_threshold_from(items: list[Item]) -> float | None:
+    """The haze threshold fitted on real photographs labelled cataract or clear (training split)."""
+    labelled = [(haze_value(i.measurements), _cataract(i.attributes)) for i in items if _cataract(i.attributes) is not None]
+    if not labelled or len({c for _, c in labelled}) < 2:
+        return None
+    values, positive = np.array(labelled, dtype=float).T
+    return balanced_threshold(values, positive.astype(bool))
+
+
+def evaluate_faithfulness(synthetic: Path, prepared: Path | None, *, classify: Callable[[list[np.ndarray]], list[dict]] | None = None,
+                          load: Callable[[Path], np.ndarray] | None = None, progress: bool = True) -> dict:
+    """The faithfulness section: synthetic scores, the real ceiling beside them, and the method."""
+    from fundusgen.eval.features import read_rgb
+    synthetic = Path(synthetic)
+    asked = requested(synthetic)
+    if not asked:
+        raise FundusgenError(f"{synthetic}: no sidecar with 'attributes' (generate with attributes, e.g. "
+                             "`python -m fundusgen.eval.faithfulness generate`, to measure faithfulness)")
+    load = load or read_rgb
+    items = []
+    for name, a in tqdm(sorted(asked.items()), desc="faithfulness: measure synthetic", unit="img", disable=not progress):
+        rgb = load(synthetic / name)
+        items.append(Item(a, measure_image(rgb), classify([rgb])[0] if classify else {}))
+    held, train = real_items(prepared, progress=progress) if prepared else ([], [])
+    threshold = haze_threshold_from(train or held)
+    out = {"n_synthetic": len(items), "synthetic": score(items, threshold),
+           "real": score(held, threshold) if held else {}, "n_real": len(held),
+           "haze_threshold_fitted_on": "training split" if train else ("held-out split" if held else None),
+           "method": __doc__.split("\n\n")[1].replace("\n", " ")}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the faithfulness prompt set, or score a folder of generated images."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m fundusgen.eval.faithfulness", description=main.__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate the prompt set (attributes in every sidecar)")
+    g.add_argument("out")
+    g.add_argument("--per-cell", type=int, default=2, help="images per prompt cell (default 2; 18 cells)")
+    g.add_argument("--model", help="model folder (default: the shipped model)")
+    g.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("score", help="measure generated images against their requested attributes")
+    e.add_argument("synthetic")
+    e.add_argument("--real", help="a prepared folder whose held-out labels give the ceiling")
+    e.add_argument("--out", help="write the JSON here")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "generate":
+            written = generate_prompt_set(Path(args.out), per_cell=args.per_cell, model=args.model, seed=args.seed)
+            print(f"wrote {len(written)} images with their attributes to {args.out}")
+            return 0
+        result = evaluate_faithfulness(Path(args.synthetic), Path(args.real) if args.real else None)
+    except FundusgenError as err:
+        print(f"faithfulness: error: {err}")
+        return 2
+    text = json.dumps(result, indent=2)
+    if args.out:
+        from fundusgen.data.shards import atomic_write_text
+        atomic_write_text(Path(args.out), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

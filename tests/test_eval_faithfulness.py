@@ -1,0 +1,95 @@
+"""Caption faithfulness: requested attributes from sidecars, measured attributes, scores and the
+real ceiling."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fundusgen.errors import FundusgenError
+from fundusgen.eval import faithfulness as fa
+from measure_fixtures import retina_square, write_prepared
+from model_fixtures import tiny_model
+
+
+def _m(eye="left", conf=0.95, dark=0, haze=0.1, cdr=None) -> dict:
+    return {"eye": eye, "eye_confidence": conf, "lesions": {"dark": {"count": dark}, "bright": {"count": 0}},
+            "haze": {"haze": haze}, "disc": {"cdr": cdr}}
+
+
+def test_scores_on_hand_made_items():
+    items = [fa.Item({"eye": "left", "dr_grade": 0}, _m("left", dark=0), {"dr_grade": 0}),
+             fa.Item({"eye": "left", "dr_grade": 2}, _m("right", 0.5, dark=5), {"dr_grade": 2}),
+             fa.Item({"eye": "right", "dr_grade": 4}, _m("right", dark=1), {"dr_grade": 3}),
+             fa.Item({"eye": "right", "cataract_severity": "severe"}, _m("right", haze=0.7)),
+             fa.Item({"eye": "right", "cataract_severity": "none"}, _m("right", haze=0.2)),
+             fa.Item({"eye": "left", "cdr": 0.8}, _m(cdr=0.6)),
+             fa.Item({"eye": "left", "cdr": 0.3}, _m(cdr=None))]
+    s = fa.score(items, haze_threshold=0.5)
+    assert s["eye"]["n"] == 7 and s["eye"]["accuracy"] == pytest.approx(6 / 7)
+    assert s["eye"]["confident_share"] == pytest.approx(6 / 7) and s["eye"]["confident_accuracy"] == 1.0
+    # lesions: grade 0 none (right), grade 2 with 5 spots (right), grade 4 with 1 spot (missed)
+    assert s["dr_lesions"]["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
+    assert s["dr_grade"]["accuracy"] == pytest.approx(2 / 3) and s["dr_grade"]["confusion"][4][3] == 1
+    assert s["dr_grade"]["mean_absolute_error"] == pytest.approx(1 / 3)
+    assert s["cataract"]["haze_balanced_accuracy"] == 1.0 and s["cataract"]["mean_haze_cataract"] == 0.7
+    assert s["cdr"]["measured_share"] == 0.5 and s["cdr"]["mean_absolute_error"] == pytest.approx(0.2)
+
+
+def test_kappa_threshold_and_balanced_accuracy_on_known_values():
+    assert fa.quadratic_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]) == pytest.approx(1.0)
+    assert fa.quadratic_kappa([0, 4], [4, 0]) < 0
+    assert fa.balanced_accuracy(np.array([1, 1, 1, 0]), np.array([1, 0, 0, 0])) == pytest.approx((1 / 3 + 1) / 2)
+    t = fa.balanced_threshold(np.array([0.1, 0.2, 0.3, 0.7, 0.8]), np.array([0, 0, 0, 1, 1], bool))
+    assert 0.3 <= t < 0.7
+    with pytest.raises(FundusgenError, match="both positive and negative"):
+        fa.balanced_threshold(np.array([0.1, 0.2]), np.array([1, 1], bool))
+
+
+def test_prompt_set_sidecars_carry_the_attributes(tmp_path):
+    model = tiny_model(tmp_path / "tiny")
+    cells = [{"eye": "left", "dr_grade": 3}, {"eye": "right", "cdr": 0.8}]
+    written = fa.generate_prompt_set(tmp_path / "set", per_cell=2, model=model, cells=cells, progress=False)
+    assert len(written) == 4
+    asked = fa.requested(tmp_path / "set")
+    assert sorted(asked) == sorted(p.name for p in written)
+    assert sorted(map(json.dumps, asked.values())) == sorted(json.dumps(c) for c in cells for _ in range(2))
+    # same seeds in every cell: cells differ only by their prompt
+    seeds = {json.loads(p.with_suffix(".json").read_text())["seed"] for p in written}
+    assert seeds == {0, 1}
+    assert len(fa.prompt_cells()) == 18
+
+
+def test_measured_eye_follows_the_image_end_to_end(tmp_path):
+    """A real photograph and its mirror image, asked for the eye each shows and then the other."""
+    rgb, _ = retina_square(256)
+    measured = fa.measure_image(rgb)["eye"]
+    other = "left" if measured == "right" else "right"
+    for folder, (first, second) in {"faithful": (measured, other), "swapped": (other, measured)}.items():
+        out = tmp_path / folder
+        out.mkdir()
+        for name, img, eye in (("a.png", rgb, first), ("b.png", rgb[:, ::-1], second)):
+            Image.fromarray(np.ascontiguousarray(img)).save(out / name)
+            (out / name).with_suffix(".json").write_text(json.dumps({"file": name, "attributes": {"eye": eye}}))
+    assert fa.evaluate_faithfulness(tmp_path / "faithful", None, progress=False)["synthetic"]["eye"]["accuracy"] == 1.0
+    assert fa.evaluate_faithfulness(tmp_path / "swapped", None, progress=False)["synthetic"]["eye"]["accuracy"] == 0.0
+
+
+def test_real_ceiling_uses_stored_measurements(tmp_path):
+    from fundusgen.measure.run import measure_folder
+    prepared = write_prepared(tmp_path / "prep", size=128, per_shard=3)
+    measure_folder(prepared, progress=False, vessel_method="classical")
+    keys = [json.loads(line)["key"] for f in sorted((prepared / "measure").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+    rows = [{"key": k, "shard": f"fundus-{i // 3:06d}.tar", "split": "test" if i % 2 else "train",
+             "dataset": "fixture", "eye": None, "cataract": bool(i % 3 == 0), "cdr": None} for i, k in enumerate(keys)]
+    pd.DataFrame(rows).to_parquet(prepared / "index.parquet")
+    held, train = fa.real_items(prepared, progress=False)
+    assert len(held) + len(train) == len(keys) and all("haze" in i.measurements for i in held + train)
+
+
+def test_a_folder_without_attributes_is_one_clear_error(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    with pytest.raises(FundusgenError, match="no sidecar with 'attributes'"):
+        fa.evaluate_faithfulness(tmp_path, None, progress=False)
