@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _one(args):
+    import torch
+    torch.set_num_threads(1)
     from fundusgen.caption.template import describe
     from fundusgen.measure.attributes import measure
     image, fov, labels, vessels = args
@@ -38,8 +40,9 @@ def main() -> int:
     p.add_argument("-n", type=int, default=60)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--vessels", choices=("auto", "network", "classical"), default="classical",
-                   help="vessel segmentation (default classical, the fast path; auto/network use the shipped net)")
+    p.add_argument("--vessels", choices=("auto", "network", "classical"), default="auto",
+                   help="vessel segmentation (default auto: the shipped net, as `fundusgen measure` does; "
+                        "classical is the fast path)")
     args = p.parse_args()
     if not (args.data / "srahim_dr").is_dir():
         print(f"measure_speed: error: {args.data}/srahim_dr not found (give --data)", file=sys.stderr)

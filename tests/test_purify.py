@@ -57,3 +57,24 @@ def test_purify_command_writes_the_kept_list_and_a_report(tmp_path, capsys):
     assert "fixture__b" not in set(kept.key)
     report = json.loads((prepared / "purify" / "report.json").read_text())
     assert report["drop_reasons"] == {"caption contradicts label: eye": 1, "caption contradicts label: dr": 1}
+
+
+def test_strict_purify_drops_flagged_images_too(tmp_path, capsys):
+    prepared = write_prepared(tmp_path / "prep", size=128)
+    assert main(["caption", str(prepared), "--quiet", "--no-token-check"]) == 0
+    measured = prepared / "measure"
+    measured.mkdir()
+    path = prepared / "captions" / "template" / "fundus-000000.jsonl"
+    keys = [json.loads(line)["key"] for line in path.read_text().splitlines()]
+    # the first image's eye is measured, surely, as the other eye than its label says
+    from fundusgen.measure.run import read_tar
+    record = json.loads(next(read_tar(prepared / "shards" / "fundus-000000.tar"))["json"])["record"]
+    other = "left" if record["eye"] == "right" else "right"
+    (measured / "fundus-000000.jsonl").write_text(json.dumps({"key": keys[0], "measurements": {
+        "eye": other, "eye_confidence": 0.99, "haze": {"haze": 0.1}}}) + "\n")
+    assert main(["purify", str(prepared)]) == 0
+    assert "kept 5 of 5" in capsys.readouterr().out
+    assert main(["purify", str(prepared), "--strict"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 4 of 5" in out and "dropped 1: strict: measured eye disagrees with label" in out
+    assert keys[0] not in set(pd.read_parquet(prepared / "purified.parquet").key)

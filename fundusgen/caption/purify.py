@@ -4,7 +4,12 @@ Claims are read back from a caption's words (eye, DR stage/grade, oedema, glauco
 and its severity, a normal fundus, diabetic lesions) and checked against the labels, the
 measurements and, when present, the second writer's caption. A caption that contradicts a
 label, or an image of rejected quality, is dropped; disagreements with measurements or between
-writers are flagged (kept, with the flag). Outputs, in the prepared folder:
+writers are flagged (kept, with the flag), or dropped too with ``strict`` (``--strict``): the
+generator's later training steps then see no image whose measured appearance disagrees with its
+caption. On the shared data this matters for laterality: in the 10-class eye-diseases set the
+measured eye agrees with the file name's for 98% of normal and glaucoma photos but for only 62% of
+the DR photos and 72% of the cataract photos, which come mirrored from their sources about as
+often as not. Outputs, in the prepared folder:
 
 - ``purified.parquet``: the kept list, columns ``key, dataset, split, shard, writer, caption, flags``;
 - ``purify/decisions.csv``: every image with its decision and reasons;
@@ -137,7 +142,7 @@ def judge(labels: dict, measured: dict | None, caption: str | None, quality_grad
     return drop, flags
 
 
-def purify_folder(folder: str | Path, writer: str = "template", second: str | None = "vlm") -> dict:
+def purify_folder(folder: str | Path, writer: str = "template", second: str | None = "vlm", strict: bool = False) -> dict:
     folder = Path(folder)
     primary = read_captions(folder, writer)
     other = read_captions(folder, second) if second else {}
@@ -150,6 +155,8 @@ def purify_folder(folder: str | Path, writer: str = "template", second: str | No
             cap = primary.get(key, {}).get("caption")
             drop, flags = judge(record, measured.get(key), cap, (meta.get("quality") or {}).get("grade"),
                                 other.get(key, {}).get("caption"))
+            if strict:
+                drop += [f"strict: {f}" for f in flags]
             rows.append({"key": key, "dataset": record["dataset"], "split": meta.get("split"), "shard": tar.name,
                          "writer": writer, "caption": cap, "kept": not drop, "reasons": "; ".join(drop),
                          "flags": "; ".join(flags)})
@@ -166,7 +173,7 @@ def purify_folder(folder: str | Path, writer: str = "template", second: str | No
     atomic_write_text(folder / "purify" / "decisions.csv", df.to_csv(index=False))
     reasons = Counter(r for text in df.reasons for r in text.split("; ") if r)
     flags = Counter(f for text in df["flags"] for f in text.split("; ") if f)
-    report = {"images": len(df), "kept": int(df.kept.sum()), "dropped": int((~df.kept).sum()),
+    report = {"images": len(df), "kept": int(df.kept.sum()), "dropped": int((~df.kept).sum()), "strict": strict,
               "drop_reasons": dict(reasons), "flags": dict(flags),
               "kept_per_dataset": {k: int(v) for k, v in kept.groupby("dataset").size().items()},
               "csdi": _expert_report(expert)}

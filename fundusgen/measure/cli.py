@@ -67,7 +67,7 @@ def cmd_caption(args) -> int:
 def cmd_purify(args) -> int:
     from fundusgen.caption.purify import purify_folder
     folder = _folder(args.dir)
-    report = purify_folder(folder, args.writer, args.second)
+    report = purify_folder(folder, args.writer, args.second, strict=args.strict)
     print(f"kept {report['kept']} of {report['images']} images")
     for reason, n in sorted(report["drop_reasons"].items(), key=lambda kv: -kv[1]):
         print(f"  dropped {n}: {reason}")
@@ -110,4 +110,7 @@ def add_measure_parsers(sub) -> None:
     p.add_argument("dir", help="a captioned prepared folder")
     p.add_argument("--writer", default="template", help="the captions to keep or drop (default template)")
     p.add_argument("--second", default="vlm", help="a second writer to compare with, when present (default vlm)")
+    p.add_argument("--strict", action="store_true",
+                   help="drop flagged images too (a confidently measured eye or a haze that disagrees with the "
+                        "labels, writers that disagree), not only captions that contradict labels")
     p.set_defaults(func=cmd_purify)
