@@ -92,6 +92,11 @@ def cmd_train(args) -> int:
             raise FundusgenError(f"--set {item!r}: expected key=value (top-level keys, e.g. data=/path)")
         overrides[k] = v
     cfg = load_recipe(args.config, overrides)
+    if args.only == "autoencoder":
+        from fundusgen.train.autoencoder import train_autoencoder
+        print(f"wrote the autoencoder folder {train_autoencoder(cfg, progress=not args.quiet)} "
+              f"(checkpoints and TensorBoard logs under {cfg.out}/autoencoder)")
+        return 0
     model_dir = train(cfg, progress=not args.quiet)
     print(f"wrote the model folder {model_dir} (checkpoints and TensorBoard logs under {cfg.out})")
     return 0
@@ -151,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a YAML recipe (autoencoder, latents, 3 denoiser stages)")
     p.add_argument("--config", required=True, help="recipe YAML, e.g. configs/default.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a top-level recipe key")
+    p.add_argument("--only", choices=("autoencoder",),
+                   help="train only this part (e.g. refine a model's decoder: configs/default_decoder.yaml)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 

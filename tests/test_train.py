@@ -116,3 +116,28 @@ def test_decoder_phase_keeps_the_encoder_and_resumes_exactly(prepared, tmp_path)
     shutil.rmtree(tmp_path / "resumed" / "autoencoder" / "final")
     resumed = _autoencoder(prepared, tmp_path, "resumed", 4, 4)
     assert all(torch.equal(refined[k], resumed[k]) for k in refined), "resuming inside the decoder phase changed the weights"
+
+
+def test_decoder_of_an_existing_autoencoder_is_refined_from_the_command_line(prepared, tmp_path, capsys):
+    """``autoencoder.init`` + ``steps: 0`` + ``decoder_steps``: the encoder, and so the latents and
+    their scaling, stay those of the init; only the decoder moves."""
+    import json as _json
+    from fundusgen.cli import main
+    from fundusgen.model.autoencoder import FundusAutoencoder
+    plain = _autoencoder(prepared, tmp_path, "plain", 4, 0)
+    source = tmp_path / "plain" / "autoencoder" / "final"
+    tiny = {**TINY, "autoencoder": {**TINY["autoencoder"], "steps": 0, "decoder_steps": 3, "init": str(source)}}
+    recipe = tmp_path / "refine.yaml"
+    recipe.write_text(yaml.safe_dump({**tiny, "data": str(prepared), "out": str(tmp_path / "refine")}))
+    assert main(["train", "--config", str(recipe), "--only", "autoencoder", "--quiet"]) == 0
+    assert "wrote the autoencoder folder" in capsys.readouterr().out
+    final = tmp_path / "refine" / "autoencoder" / "final"
+    refined = load_file(str(next(final.glob("*.safetensors"))))
+    assert all(torch.equal(plain[k], refined[k]) for k in plain if k.startswith(("vae.encoder.", "vae.quant_conv.")))
+    assert not all(torch.equal(plain[k], refined[k]) for k in plain if k.startswith("vae.decoder."))
+    assert FundusAutoencoder.from_pretrained(final).config.scaling_factor == \
+        _json.loads((source / "config.json").read_text())["scaling_factor"]
+    wrong = {**tiny, "autoencoder": {**tiny["autoencoder"], "model": {**tiny["autoencoder"]["model"], "latent_channels": 7}}}
+    recipe.write_text(yaml.safe_dump({**wrong, "data": str(prepared), "out": str(tmp_path / "wrong")}))
+    assert main(["train", "--config", str(recipe), "--only", "autoencoder", "--quiet"]) == 2
+    assert "its architecture" in capsys.readouterr().err

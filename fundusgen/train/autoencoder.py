@@ -69,6 +69,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     ckpt_path = out / "checkpoint.pt"
     start = 0
     state = load_checkpoint(ckpt_path)
+    init = _load_init(tc, model) if tc.init and state is None else None
     if state is not None:
         start = int(state["step"])
         model.load_state_dict(state["model"])
@@ -124,13 +125,35 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     model = acc.unwrap_model(model)
     if acc.is_main_process:
         model.eval()
-        std = latent_std(model, images, acc.device)
-        model.register_to_config(scaling_factor=float(1.0 / std))
+        if tc.init and tc.steps == 0:  # the encoder is the init's: so are its latents and their scale
+            start_from = init or FundusAutoencoder.from_pretrained(tc.init)
+            model.register_to_config(scaling_factor=start_from.config.scaling_factor,
+                                     shift_factor=start_from.config.shift_factor)
+        else:
+            std = latent_std(model, images, acc.device)
+            model.register_to_config(scaling_factor=float(1.0 / std))
         model.save_pretrained(str(final), safe_serialization=True)
         (out / "train_config.json").write_text(json.dumps(asdict(tc), indent=2))
     if writer:
         writer.close()
     return final
+
+
+def _load_init(tc, model: FundusAutoencoder) -> FundusAutoencoder:
+    """Copy the weights of the autoencoder folder ``tc.init`` into ``model`` (same architecture)."""
+    from fundusgen.errors import FundusgenError
+    try:
+        init = FundusAutoencoder.from_pretrained(tc.init)
+    except (OSError, ValueError) as e:
+        raise FundusgenError(f"autoencoder.init {tc.init}: not an autoencoder folder ({str(e).splitlines()[0][:160]})") from None
+    ours = {k: v for k, v in model.config.items() if k in asdict(tc.model)}
+    theirs = {k: init.config[k] for k in ours}
+    if {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in ours.items()} != \
+            {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in theirs.items()}:
+        raise FundusgenError(f"autoencoder.init {tc.init}: its architecture {theirs} differs from the recipe's "
+                             f"autoencoder.model {ours}")
+    model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
+    return init
 
 
 def _decoder_phase(model: FundusAutoencoder, tc) -> torch.optim.Optimizer:

@@ -37,6 +37,8 @@ class AutoencoderTrainConfig:
     adversarial_start: int = 0  # step at which the discriminator joins, when loss.adversarial > 0
     decoder_steps: int = 0      # then refine the decoder alone, encoder frozen: the latent space stays as it is
     decoder_lr: float = 2e-4
+    init: str | None = None     # start from this trained autoencoder folder (e.g. a model's autoencoder/);
+                                # with steps: 0 only its decoder is refined and its latent scaling kept
 
 
 @dataclass
