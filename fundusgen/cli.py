@@ -46,7 +46,9 @@ def cmd_prepare(args) -> int:
     return 1 if result.failed_sources else 0
 
 
-def _prompts(args) -> list[str]:
+def _prompts(args) -> tuple[list[str], dict]:
+    """The prompts to generate from, and the attributes they were written from (empty for a prompt
+    given as text)."""
     from fundusgen.caption.template import attributes_from_options, describe
     attrs = attributes_from_options(eye=args.eye, dr_grade=args.dr_grade, dme=args.dme, glaucoma=args.glaucoma,
                                     cataract=args.cataract, cdr=args.cdr, quality=args.quality)
@@ -64,16 +66,17 @@ def _prompts(args) -> list[str]:
         prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not prompts:
             raise FundusgenError(f"{path}: no prompts (one per line; # starts a comment)")
-        return prompts
+        return prompts, {}
     if attrs:
-        return [describe(attrs, seed=0)]
-    return [args.prompt]
+        return [describe(attrs, seed=0)], attrs
+    return [args.prompt], {}
 
 
 def cmd_generate(args) -> int:
     from fundusgen.generate import generate_to_folder
-    prompts = _prompts(args)
+    prompts, attributes = _prompts(args)
     written = generate_to_folder(prompts, Path(args.out), model=args.model, num_images=args.n, seed=args.seed,
+                                 attributes=attributes,
                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler,
                                  resolution=args.resolution, progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")

@@ -1,5 +1,9 @@
 """Generation to a folder: PNGs, a JSON sidecar per image, a contact sheet. Writes are atomic,
-and images already written by an interrupted run (same prompt, seed, settings) are kept."""
+and images already written by an interrupted run (same prompt, seed, settings) are kept.
+
+A sidecar holds the prompt, seed and sampling settings, and, when the prompt was written from
+attributes (``--dr-grade 3 --eye left``), those attributes under ``attributes``: they are the
+image's labels where a synthetic set trains a classifier (``fundusgen.eval.downstream``)."""
 from __future__ import annotations
 
 import io
@@ -30,7 +34,7 @@ def contact_sheet(images: list[Image.Image], columns: int | None = None, thumb: 
 
 
 def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: int = 4, seed: int = 0,
-                       progress: bool = True, **settings) -> list[Path]:
+                       progress: bool = True, attributes: dict | None = None, **settings) -> list[Path]:
     from fundusgen.model.pipeline import FundusGen
     if num_images < 1:
         raise FundusgenError(f"-n {num_images}: the number of images must be at least 1")
@@ -56,7 +60,8 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
                     continue
             result = pipe(prompt, num_images=1, seed=seed + i, **settings)
             atomic_write_bytes(png, _png(result.images[0]))
-            atomic_write_text(sidecar, json.dumps({**result.metadata[0], "file": png.name}, indent=2))
+            labels = {"attributes": attributes} if attributes else {}
+            atomic_write_text(sidecar, json.dumps({**result.metadata[0], **labels, "file": png.name}, indent=2))
             images.append(result.images[0])
             written.append(png)
             bar.update(1)
