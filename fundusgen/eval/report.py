@@ -77,6 +77,14 @@ class EvaluateConfig:
     quantile: float = 0.999         # held-out quantile that sets the memorisation threshold
     max_real_anatomy: int = 1000    # real images per set run through the anatomy check
     thumbnails: int = 24            # synthetic/nearest-real pairs shown
+    downstream: Path | None = None  # a prepared folder: train classifiers with and without the synthetic set
+    downstream_tasks: tuple[str, ...] = ("dr_grade", "glaucoma", "cataract")
+    downstream_seeds: int = 5
+
+    def downstream_config(self) -> "DownstreamConfig":
+        from fundusgen.eval.downstream import DownstreamConfig
+        return DownstreamConfig(prepared=self.downstream, synthetic=self.synthetic, tasks=self.downstream_tasks,
+                                seeds=self.downstream_seeds, cache_dir=self.cache_dir)
 
 
 def reproduce_command(cfg: EvaluateConfig) -> str:
@@ -91,6 +99,9 @@ def reproduce_command(cfg: EvaluateConfig) -> str:
                        ("max_real_anatomy", "--max-real-anatomy"), ("thumbnails", "--thumbnails")):
         if getattr(cfg, name) != getattr(defaults, name):
             words += [flag, str(getattr(cfg, name))]
+    if cfg.downstream is not None:
+        words += ["--downstream", str(cfg.downstream.resolve()), "--downstream-tasks", ",".join(cfg.downstream_tasks),
+                  "--downstream-seeds", str(cfg.downstream_seeds)]
     if cfg.cache_dir is not None:
         words += ["--cache", str(cfg.cache_dir.resolve())]
     return shlex.join(words)
@@ -166,6 +177,9 @@ def _check_inputs(cfg: EvaluateConfig) -> None:
                              f"its patient-level train/val/test split)")
     if not 0 < cfg.quantile < 1:
         raise FundusgenError(f"--quantile {cfg.quantile}: expected a number between 0 and 1")
+    if cfg.downstream is not None:
+        from fundusgen.eval.downstream import check_inputs
+        check_inputs(cfg.downstream_config())
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -310,6 +324,13 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
                     for name, ids in real_ids.items()}
     timings["vessels_s"] = time.perf_counter() - tick
 
+    tick = time.perf_counter()
+    downstream = None
+    if cfg.downstream is not None:
+        from fundusgen.eval.downstream import run_downstream
+        downstream = run_downstream(cfg.downstream_config(), progress=progress)
+    timings["downstream_s"] = time.perf_counter() - tick
+
     report = {
         "fundusgen_version": fundusgen.__version__,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -335,6 +356,8 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
                     "metrics": vessel_eval.compare_geometry(real_vessels, synth_vessels)},
         "warnings": warnings,
     }
+    if downstream is not None:
+        report["downstream"] = downstream
     tick = time.perf_counter()
     page = render_html(report, _Assets(cfg, synth.ids, synth_source, train_source, synth_checks, real_checks,
                                        memorisation, heldout_sims, synth_vessels, real_vessels))
@@ -493,7 +516,7 @@ def render_html(report: dict, assets: _Assets) -> str:
     if report["warnings"]:
         parts.append("<ul>" + "".join(f"<li class='warn'>{_e(w)}</li>" for w in report["warnings"]) + "</ul>")
     parts += [_realism_html(report), _anatomy_html(report, assets), _vessels_html(report, assets),
-              _memorisation_html(report, assets),
+              _memorisation_html(report, assets), _downstream_html(report),
               _inputs_html(report), "</body></html>"]
     return "\n".join(parts)
 
@@ -665,6 +688,13 @@ a synthetic image closer to a training image than that is flagged.</p>
 <div class='grid'>{pairs}</div>
 <details><summary>How these were computed</summary><pre>{_e(m['method'])}</pre><p>SSIM (pixels, luminance,
 256 px) is given for the flagged pairs and the 16 most similar ones, as a second look in pixel space.</p></details>"""
+
+
+def _downstream_html(report: dict) -> str:
+    if "downstream" not in report:
+        return ""
+    from fundusgen.eval.downstream import section_html
+    return section_html(report["downstream"], "5. Downstream utility")
 
 
 def _inputs_html(report: dict) -> str:
