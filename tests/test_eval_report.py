@@ -212,6 +212,26 @@ def test_a_train_folder_that_is_not_prepared_is_one_clear_line(workspace, tmp_pa
         evaluate(cfg, progress=False)
 
 
+def test_downstream_on_a_folder_without_task_labels_fails_before_any_long_step(workspace, tmp_path, monkeypatch):
+    monkeypatch.setattr("fundusgen.eval.report.folder_features", lambda *a, **k: pytest.fail("features computed"))
+    args = evaluate_parser().parse_args(["evaluate", "--synthetic", str(workspace["synthetic"]), "--real",
+                                         f"all={workspace['prepared']}", "--train", str(workspace["prepared"]),
+                                         "--out", str(tmp_path / "out"), "--downstream", str(workspace["prepared"]),
+                                         "--downstream-tasks", "cataract", "--quiet"])
+    with pytest.raises(FundusgenError, match="no labelled eye_diseases_4class images in the train split") as caught:
+        args.func(args)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_downstream_options_are_part_of_the_command_that_reproduces_the_report(workspace, tmp_path):
+    from fundusgen.eval.report import reproduce_command
+    cfg = EvaluateConfig(workspace["synthetic"], [RealSet.parse(f"all={workspace['prepared']}")],
+                         workspace["prepared"], tmp_path / "out", downstream=workspace["prepared"],
+                         downstream_tasks=("cataract",), downstream_seeds=3)
+    command = reproduce_command(cfg)
+    assert f"--downstream {workspace['prepared'].resolve()} --downstream-tasks cataract --downstream-seeds 3" in command
+
+
 def test_the_main_command_prints_one_line_and_no_traceback(tmp_path, capsys):
     if "evaluate" not in build_parser().format_help():
         pytest.skip("fundusgen/cli.py does not register `evaluate` yet (add_evaluate_parser)")

@@ -186,7 +186,8 @@ class SyntheticSet:
     @classmethod
     def read(cls, folder: Path) -> "SyntheticSet":
         from fundusgen.eval.report import GENERATE_EXTRAS
-        paths = list_images(folder, exclude=GENERATE_EXTRAS)
+        # `fundusgen generate` writes a contact sheet beside the images of every folder it fills
+        paths = [p for p in list_images(folder) if p.name not in GENERATE_EXTRAS]
         attributes = []
         for p in paths:
             sidecar = p.with_suffix(".json")
@@ -735,6 +736,8 @@ def cmd_downstream(args) -> int:
     cfg = config_from_args(args)
     result = run_downstream(cfg, progress=not args.quiet)
     for tname, t in result["tasks"].items():
+        if t["no_external"]:
+            print(f"{t['title']}: {t['no_external']}")
         for name, d in t["sets"].items():
             print(f"{t['title']}, {d['where']} ({d['n']} images):")
             for arm, s in d["summary"].items():
