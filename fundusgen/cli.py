@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from fundusgen.errors import FundusgenError
-from fundusgen.eval.cli import add_evaluate_parser
+from fundusgen.eval.cli import add_downstream_parser, add_evaluate_parser
 from fundusgen.measure.cli import add_measure_parsers
 from fundusgen.web.cli import add_serve_parser
 
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_measure_parsers(sub)
     add_evaluate_parser(sub)
+    add_downstream_parser(sub)
     add_serve_parser(sub)
     return parser
 

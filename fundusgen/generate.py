@@ -1,5 +1,10 @@
 """Generation to a folder: PNGs, a JSON sidecar per image, a contact sheet. Writes are atomic,
-and images already written by an interrupted run (same prompt, seed, settings) are kept."""
+and images already written by an interrupted run (same prompt, seed, settings) are kept.
+
+A sidecar holds the prompt, seed and sampling settings, and, when the prompt was written from
+attributes (``--dr-grade 3 --eye left``), those attributes under ``attributes``: they are the
+image's labels where a synthetic set trains a classifier (``fundusgen.eval.downstream``) and what
+caption faithfulness checks the image against (``fundusgen.eval.faithfulness``)."""
 from __future__ import annotations
 
 import io

@@ -163,17 +163,22 @@ def test_the_html_is_self_contained_and_says_how_to_reproduce_it(workspace, eval
     assert "How these were computed" in page and "learned disc detector" in page
 
 
-def test_a_rerun_is_served_from_the_feature_and_anatomy_caches(workspace, evaluated, monkeypatch):
+def test_a_rerun_is_served_from_the_feature_anatomy_vessel_and_retina_caches(workspace, evaluated, monkeypatch):
     def no_network(x):
         raise AssertionError("features should come from the cache")
 
     monkeypatch.setattr("fundusgen.eval.anatomy.check_image", lambda rgb: pytest.fail("anatomy not cached"))
+    monkeypatch.setattr("fundusgen.eval.vessels.vessel_geometry", lambda rgb: pytest.fail("vessels not cached"))
+    monkeypatch.setattr("fundusgen.eval.retina_features.encoder_features",
+                        lambda net, batch: pytest.fail("retina features not cached"))
     w = workspace
     cfg = EvaluateConfig(w["synthetic"], [RealSet.parse(f"all={w['prepared']}")], w["prepared"],
                          w["root"] / "again", cache_dir=w["cache"])
     start = time.perf_counter()
     report = evaluate(cfg, model=no_network, progress=False)
     assert report["inputs"]["synthetic"]["n"] == 12 and time.perf_counter() - start < evaluated[2]
+    first = evaluated[0]["realism"]["retina_domain"]["per_real_set"]["all"]["fd"]
+    assert report["realism"]["retina_domain"]["per_real_set"]["all"]["fd"] == pytest.approx(first)
 
 
 def test_three_images_are_too_few_for_fid_and_the_rest_is_still_reported(workspace):
@@ -222,6 +227,26 @@ def test_a_train_folder_that_is_not_prepared_is_one_clear_line(workspace, tmp_pa
                          workspace["synthetic"], tmp_path / "out")
     with pytest.raises(FundusgenError, match="not a folder made by `fundusgen prepare`"):
         evaluate(cfg, progress=False)
+
+
+def test_downstream_on_a_folder_without_task_labels_fails_before_any_long_step(workspace, tmp_path, monkeypatch):
+    monkeypatch.setattr("fundusgen.eval.report.folder_features", lambda *a, **k: pytest.fail("features computed"))
+    args = evaluate_parser().parse_args(["evaluate", "--synthetic", str(workspace["synthetic"]), "--real",
+                                         f"all={workspace['prepared']}", "--train", str(workspace["prepared"]),
+                                         "--out", str(tmp_path / "out"), "--downstream", str(workspace["prepared"]),
+                                         "--downstream-tasks", "cataract", "--quiet"])
+    with pytest.raises(FundusgenError, match="no labelled eye_diseases_4class images in the train split") as caught:
+        args.func(args)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_downstream_options_are_part_of_the_command_that_reproduces_the_report(workspace, tmp_path):
+    from fundusgen.eval.report import reproduce_command
+    cfg = EvaluateConfig(workspace["synthetic"], [RealSet.parse(f"all={workspace['prepared']}")],
+                         workspace["prepared"], tmp_path / "out", downstream=workspace["prepared"],
+                         downstream_tasks=("cataract",), downstream_seeds=3)
+    command = reproduce_command(cfg)
+    assert f"--downstream {workspace['prepared'].resolve()} --downstream-tasks cataract --downstream-seeds 3" in command
 
 
 def test_the_main_command_prints_one_line_and_no_traceback(tmp_path, capsys):

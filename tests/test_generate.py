@@ -41,8 +41,10 @@ def test_attributes_become_a_caption(model_dir, tmp_path):
     out = tmp_path / "attrs"
     assert main(["generate", "--eye", "left", "--dr-grade", "2", "-n", "1", "-o", str(out), "--model",
                  str(model_dir), "--quiet"]) == 0
-    prompt = json.loads((out / "000_seed0.json").read_text())["prompt"].lower()
+    sidecar = json.loads((out / "000_seed0.json").read_text())
+    prompt = sidecar["prompt"].lower()
     assert "left" in prompt and ("moderate" in prompt)
+    assert sidecar["attributes"] == {"eye": "left", "dr_grade": 2}  # the image's labels, for downstream training
 
 
 def test_prompts_file_generates_for_every_line(model_dir, tmp_path):

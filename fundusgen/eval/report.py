@@ -77,6 +77,14 @@ class EvaluateConfig:
     quantile: float = 0.999         # held-out quantile that sets the memorisation threshold
     max_real_anatomy: int = 1000    # real images per set run through the anatomy check
     thumbnails: int = 24            # synthetic/nearest-real pairs shown
+    downstream: Path | None = None  # a prepared folder: train classifiers with and without the synthetic set
+    downstream_tasks: tuple[str, ...] = ("dr_grade", "glaucoma", "cataract")
+    downstream_seeds: int = 5
+
+    def downstream_config(self) -> "DownstreamConfig":
+        from fundusgen.eval.downstream import DownstreamConfig
+        return DownstreamConfig(prepared=self.downstream, synthetic=self.synthetic, tasks=self.downstream_tasks,
+                                seeds=self.downstream_seeds, cache_dir=self.cache_dir)
 
 
 def reproduce_command(cfg: EvaluateConfig) -> str:
@@ -91,6 +99,9 @@ def reproduce_command(cfg: EvaluateConfig) -> str:
                        ("max_real_anatomy", "--max-real-anatomy"), ("thumbnails", "--thumbnails")):
         if getattr(cfg, name) != getattr(defaults, name):
             words += [flag, str(getattr(cfg, name))]
+    if cfg.downstream is not None:
+        words += ["--downstream", str(cfg.downstream.resolve()), "--downstream-tasks", ",".join(cfg.downstream_tasks),
+                  "--downstream-seeds", str(cfg.downstream_seeds)]
     if cfg.cache_dir is not None:
         words += ["--cache", str(cfg.cache_dir.resolve())]
     return shlex.join(words)
@@ -166,6 +177,9 @@ def _check_inputs(cfg: EvaluateConfig) -> None:
                              f"its patient-level train/val/test split)")
     if not 0 < cfg.quantile < 1:
         raise FundusgenError(f"--quantile {cfg.quantile}: expected a number between 0 and 1")
+    if cfg.downstream is not None:
+        from fundusgen.eval.downstream import check_inputs
+        check_inputs(cfg.downstream_config())
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -226,23 +240,42 @@ def _withhold_small_fids(realism: dict) -> list[str]:
     return sorted(notes)
 
 
-def run_anatomy(source: ImageSource, ids: list[str], *, cache_dir: Path | None, desc: str,
-                progress: bool) -> list[anatomy.AnatomyCheck]:
-    """``anatomy.check_image`` of every image, cached beside the features (one JSON per source)."""
+def cached_per_image(source: ImageSource, ids: list[str], compute_many: Callable[[list[str]], list], *,
+                     kind: str, version: str, cache_dir: Path | None) -> list:
+    """``compute_many(ids)`` (JSON-able results, one per id), cached beside the features: one JSON per
+    source and ``version`` (a digest of the code and weights that compute it), keyed by what
+    identifies each image's contents, so a re-run computes only images it has not seen."""
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
-    name = hashlib.sha1(f"{source.folder.resolve()}|{anatomy.version()}".encode()).hexdigest()[:20]
-    cache = cache_dir / f"anatomy-{name}.json"
+    name = hashlib.sha1(f"{source.folder.resolve()}|{version}".encode()).hexdigest()[:20]
+    cache = cache_dir / f"{kind}-{name}.json"
     try:
         cached = json.loads(cache.read_text())
     except (OSError, ValueError):
         cached = {}  # absent or unreadable: recompute
     keys = source.keys(ids)
     todo = [(key, item) for key, item in zip(keys, ids) if key not in cached]
-    for key, item in tqdm(todo, desc=desc, unit="img", disable=not (progress and todo)):
-        cached[key] = anatomy.check_image(source(item)).to_dict()
     if todo:
+        results = compute_many([item for _, item in todo])
+        cached.update({key: r for (key, _), r in zip(todo, results)})
         atomic_write_text(cache, json.dumps(cached))
-    return [anatomy.AnatomyCheck.from_dict(cached[key]) for key in keys]
+    return [cached[key] for key in keys]
+
+
+def run_anatomy(source: ImageSource, ids: list[str], *, cache_dir: Path | None, desc: str,
+                progress: bool) -> list[anatomy.AnatomyCheck]:
+    """``anatomy.check_image`` of every image, cached."""
+    def compute(todo: list[str]) -> list[dict]:
+        return [anatomy.check_image(source(item)).to_dict()
+                for item in tqdm(todo, desc=desc, unit="img", disable=not progress)]
+    rows = cached_per_image(source, ids, compute, kind="anatomy", version=anatomy.version(), cache_dir=cache_dir)
+    return [anatomy.AnatomyCheck.from_dict(r) for r in rows]
+
+
+def run_vessels(source: ImageSource, ids: list[str], *, cache_dir: Path | None, desc: str, progress: bool) -> list[dict]:
+    """Vessel geometry of every image (``fundusgen.eval.vessels``), cached."""
+    from fundusgen.eval import vessels as vessel_eval
+    return cached_per_image(source, ids, lambda todo: vessel_eval.geometry_of(todo, source, desc=desc, progress=progress),
+                            kind="vessels", version=vessel_eval.version(), cache_dir=cache_dir)
 
 
 def _sample_ids(ids: list[str], limit: int, seed: int) -> list[str]:
@@ -305,14 +338,23 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
 
     tick = time.perf_counter()
     from fundusgen.eval import vessels as vessel_eval
-    synth_vessels = vessel_eval.geometry_of(synth.ids, synth_source, desc="vessels synthetic", progress=progress)
-    real_vessels = {name: vessel_eval.geometry_of(ids, real_sources[name], desc=f"vessels {name}", progress=progress)
+    synth_vessels = run_vessels(synth_source, synth.ids, cache_dir=cfg.cache_dir, desc="vessels synthetic",
+                                progress=progress)
+    real_vessels = {name: run_vessels(real_sources[name], ids, cache_dir=cfg.cache_dir, desc=f"vessels {name}",
+                                      progress=progress)
                     for name, ids in real_ids.items()}
     timings["vessels_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     faithful = _faithfulness(cfg, progress, warnings)
     timings["faithfulness_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    downstream = None
+    if cfg.downstream is not None:
+        from fundusgen.eval.downstream import run_downstream
+        downstream = run_downstream(cfg.downstream_config(), progress=progress)
+    timings["downstream_s"] = time.perf_counter() - tick
 
     report = {
         "fundusgen_version": fundusgen.__version__,
@@ -340,6 +382,8 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
         "faithfulness": faithful,
         "warnings": warnings,
     }
+    if downstream is not None:
+        report["downstream"] = downstream
     tick = time.perf_counter()
     page = render_html(report, _Assets(cfg, synth.ids, synth_source, train_source, synth_checks, real_checks,
                                        memorisation, heldout_sims, synth_vessels, real_vessels))
@@ -498,7 +542,7 @@ def render_html(report: dict, assets: _Assets) -> str:
     if report["warnings"]:
         parts.append("<ul>" + "".join(f"<li class='warn'>{_e(w)}</li>" for w in report["warnings"]) + "</ul>")
     parts += [_realism_html(report), _anatomy_html(report, assets), _vessels_html(report, assets),
-              _faithfulness_html(report), _memorisation_html(report, assets),
+              _faithfulness_html(report), _downstream_html(report), _memorisation_html(report, assets),
               _inputs_html(report), "</body></html>"]
     return "\n".join(parts)
 
@@ -600,9 +644,14 @@ def _retina_domain(cfg: EvaluateConfig, synth_ids: list[str], real_ids: dict[str
     (the images sampled for the anatomy check), with its real-vs-real floor."""
     from fundusgen.eval import retina_features as rf
     try:
-        synth = rf.retina_features(synth_ids, ImageSource(cfg.synthetic), progress=progress, desc="retina features synthetic")
-        real = {r.name: rf.retina_features(real_ids[r.name], ImageSource(r.path), progress=progress,
-                                           desc=f"retina features {r.name}") for r in cfg.real}
+        def features(source: ImageSource, ids: list[str], desc: str) -> np.ndarray:
+            rows = cached_per_image(source, ids, lambda todo: rf.retina_features(todo, source, progress=progress,
+                                                                                  desc=desc).tolist(),
+                                    kind="retina", version=rf.version(), cache_dir=cfg.cache_dir)
+            return np.array(rows, dtype=np.float64).reshape(len(ids), -1)
+
+        synth = features(ImageSource(cfg.synthetic), synth_ids, "retina features synthetic")
+        real = {r.name: features(ImageSource(r.path), real_ids[r.name], f"retina features {r.name}") for r in cfg.real}
     except FundusgenError as e:
         warnings.append(f"retina-domain Fréchet distance: {e}")
         return {"features": rf.DESCRIPTION, "error": str(e), "per_real_set": {}}
@@ -731,6 +780,13 @@ a synthetic image closer to a training image than that is flagged.</p>
 <div class='grid'>{pairs}</div>
 <details><summary>How these were computed</summary><pre>{_e(m['method'])}</pre><p>SSIM (pixels, luminance,
 256 px) is given for the flagged pairs and the 16 most similar ones, as a second look in pixel space.</p></details>"""
+
+
+def _downstream_html(report: dict) -> str:
+    if "downstream" not in report:
+        return ""
+    from fundusgen.eval.downstream import section_html
+    return section_html(report["downstream"], "5. Downstream utility")
 
 
 def _inputs_html(report: dict) -> str:

@@ -24,6 +24,16 @@ DESCRIPTION = ("encoder of the project's vessel U-Net (trained on DRIVE, CHASE_D
                "each of its 5 levels averaged over the image: 496 features")
 
 
+def version() -> str:
+    """Part of the cache key of these features: this code and the vessel network's weights."""
+    import hashlib
+    from pathlib import Path
+    from fundusgen.measure import vessels
+    from fundusgen.measure.attributes import weights_id
+    code = Path(__file__).read_bytes() + Path(vessels.__file__).read_bytes()
+    return hashlib.sha1(code + weights_id().encode()).hexdigest()[:16]
+
+
 def _network():
     from fundusgen.measure.vessels import shipped_vessel_net
     net = shipped_vessel_net()

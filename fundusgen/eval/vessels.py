@@ -32,6 +32,17 @@ def vessel_geometry(rgb: np.ndarray) -> dict:
     return {k: whole.get(k) for k in METRICS} | {"method": method}
 
 
+def version() -> str:
+    """Part of the cache key of vessel geometry: the code that measures it, the vessel network's
+    weights, and whether it runs in bf16 here."""
+    import hashlib
+    from pathlib import Path
+    from fundusgen.measure import attributes, vessels
+    from fundusgen.measure.vessels import _bf16_is_native
+    code = b"".join(Path(m.__file__).read_bytes() for m in (vessels, attributes)) + Path(__file__).read_bytes()
+    return hashlib.sha1(code + f"{attributes.weights_id()}|{_bf16_is_native()}".encode()).hexdigest()[:16]
+
+
 def geometry_of(ids: list[str], load: Callable[[str], np.ndarray], *, desc: str, progress: bool = True) -> list[dict]:
     return [vessel_geometry(load(i)) for i in tqdm(ids, desc=desc, unit="img", disable=not progress)]
 
