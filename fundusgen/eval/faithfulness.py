@@ -264,9 +264,47 @@ def haze_threshold_from(items: list[Item]) -> float | None:
     return balanced_threshold(values, positive.astype(bool))
 
 
+def dr_grade_classifier(prepared: Path, *, cache_dir: Path | None = None, progress: bool = True
+                        ) -> tuple[Callable[[list[np.ndarray]], list[dict]], dict]:
+    """A DR-grade classifier trained on the real training images of ``prepared`` (the downstream
+    module's task: ImageNet EfficientNet-Lite0 features, each photograph and its mirror image, and
+    a class-weighted linear probe, so that the rare severe grades are predicted at all), and its
+    scores on the real test images of the same dataset: (classify, ceiling)."""
+    from fundusgen.eval import classifier
+    from fundusgen.eval.downstream import (_LazyLite0, _task_splits, parse_tasks, prepared_images, prepared_keys,
+                                           read_prepared_index)
+    prepared = Path(prepared)
+    task = parse_tasks("dr_grade")[0]
+    splits = _task_splits(task, read_prepared_index(prepared), prepared, None, 0)
+    cache, model = classifier.FeatureCache(prepared, cache_dir), _LazyLite0()
+
+    def features(split) -> np.ndarray:
+        keys = split.keys
+        return cache.get(prepared_keys(prepared, keys), lambda rows: prepared_images(prepared, keys, rows),
+                         model=model, progress=progress, desc=f"faithfulness: {task.dataset} features")
+
+    train, test = features(splits["train"]), features(splits["test"])
+    y = np.concatenate([splits["train"].y, splits["train"].y])
+    x = np.concatenate([train[:, 0], train[:, 1]])
+    probe = classifier.fit_probe(x, y, len(task.classes), loss_weights=classifier.class_weights(y, len(task.classes)))
+    truth, predicted = splits["test"].y.tolist(), probe.predict_proba(test[:, 0]).argmax(1).tolist()
+    ceiling = {"n": len(truth), "dataset": task.dataset, "accuracy": float(np.mean(np.array(truth) == np.array(predicted))),
+               "quadratic_kappa": quadratic_kappa(truth, predicted), "confusion": confusion(truth, predicted),
+               "mean_absolute_error": float(np.mean(np.abs(np.array(truth) - np.array(predicted))))}
+
+    def classify(images: list[np.ndarray]) -> list[dict]:
+        feats = classifier.image_features(images, model(), progress=False)[:, 0]
+        return [{"dr_grade": int(g)} for g in probe.predict_proba(feats).argmax(1)]
+    return classify, ceiling
+
+
 def evaluate_faithfulness(synthetic: Path, prepared: Path | None, *, classify: Callable[[list[np.ndarray]], list[dict]] | None = None,
-                          load: Callable[[Path], np.ndarray] | None = None, progress: bool = True) -> dict:
-    """The faithfulness section: synthetic scores, the real ceiling beside them, and the method."""
+                          load: Callable[[Path], np.ndarray] | None = None, progress: bool = True,
+                          cache_dir: Path | None = None) -> dict:
+    """The faithfulness section: synthetic scores, the real ceiling beside them, and the method.
+
+    Without ``classify``, a DR-grade classifier is trained on ``prepared`` when it holds DR-graded
+    photographs (``dr_grade_classifier``); where it cannot be, DR is judged by the lesion cue alone."""
     from fundusgen.eval.features import read_rgb
     synthetic = Path(synthetic)
     asked = requested(synthetic)
@@ -274,14 +312,24 @@ def evaluate_faithfulness(synthetic: Path, prepared: Path | None, *, classify: C
         raise FundusgenError(f"{synthetic}: no sidecar with 'attributes' (generate with attributes, e.g. "
                              "`python -m fundusgen.eval.faithfulness generate`, to measure faithfulness)")
     load = load or read_rgb
+    dr_ceiling, notes = None, []
+    wants_grade = any(a.get("dr_grade") is not None for a in asked.values())
+    if classify is None and prepared is not None and wants_grade:
+        try:
+            classify, dr_ceiling = dr_grade_classifier(Path(prepared), cache_dir=cache_dir, progress=progress)
+        except FundusgenError as e:
+            notes.append(f"no DR-grade classifier: {e}")
     items = []
     for name, a in tqdm(sorted(asked.items()), desc="faithfulness: measure synthetic", unit="img", disable=not progress):
         rgb = load(synthetic / name)
         items.append(Item(a, measure_image(rgb), classify([rgb])[0] if classify else {}))
     held, train = real_items(prepared, progress=progress) if prepared else ([], [])
     threshold = haze_threshold_from(train) if haze_threshold_from(train) is not None else haze_threshold_from(held)
-    out = {"n_synthetic": len(items), "synthetic": score(items, threshold),
-           "real": score(held, threshold) if held else {}, "n_real": len(held),
+    real = score(held, threshold) if held else {}
+    if dr_ceiling is not None:
+        real["dr_grade"] = dr_ceiling
+    out = {"n_synthetic": len(items), "synthetic": score(items, threshold), "real": real, "n_real": len(held),
+           "notes": notes,
            "haze_threshold_fitted_on": "training split" if train else ("held-out split" if held else None),
            "method": " ".join(__doc__.split("\n\n", 1)[1].split())}
     return out

@@ -554,7 +554,9 @@ def _faithfulness(cfg: EvaluateConfig, progress: bool, warnings: list[str]) -> d
         return {"skipped": "no synthetic image has requested attributes in its sidecar (generate from attributes, "
                            "e.g. `python -m fundusgen.eval.faithfulness generate DIR`)"}
     try:
-        return faithfulness.evaluate_faithfulness(cfg.synthetic, cfg.train, progress=progress)
+        result = faithfulness.evaluate_faithfulness(cfg.synthetic, cfg.train, progress=progress, cache_dir=cfg.cache_dir)
+        warnings.extend(f"caption faithfulness: {n}" for n in result.get("notes", []))
+        return result
     except FundusgenError as e:
         warnings.append(f"caption faithfulness: {e}")
         return {"skipped": str(e)}
@@ -587,12 +589,14 @@ def _faithfulness_html(report: dict) -> str:
         rows.append(f"<tr><td>{_e(label)}</td><td>{num(s, key, pct)} (n={s.get('n', 0)})</td>"
                     f"<td>{num(r, key, pct)} (n={r.get('n', 0)})</td></tr>")
     confusion = ""
-    if "dr_grade" in syn:
-        m = syn["dr_grade"]["confusion"]
-        confusion = ("<h3>DR grade: requested (rows) vs classified (columns)</h3><table><tr><th></th>"
-                     + "".join(f"<th>{g}</th>" for g in range(len(m)))
-                     + "".join(f"<tr><th>{i}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for i, row in enumerate(m))
-                     + "</table>")
+    for who, d in (("synthetic: requested", syn), (f"real {real.get('dr_grade', {}).get('dataset', '')} test: true", real)):
+        if "dr_grade" not in d:
+            continue
+        m = d["dr_grade"]["confusion"]
+        confusion += (f"<h3>DR grade, {_e(who)} (rows) vs classified (columns)</h3><table><tr><th></th>"
+                      + "".join(f"<th>{g}</th>" for g in range(len(m)))
+                      + "".join(f"<tr><th>{i}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+                                for i, row in enumerate(m)) + "</table>")
     cdr = ""
     if syn.get("cdr", {}).get("mean_measured_by_requested"):
         cdr = "<p>Measured CDR per requested CDR: " + ", ".join(
