@@ -61,7 +61,7 @@ def test_prompt_set_sidecars_carry_the_attributes(tmp_path):
     assert len(fa.prompt_cells()) == 18
 
 
-def test_measured_eye_follows_the_image_end_to_end(tmp_path):
+def test_measured_eye_follows_the_image_end_to_end(tmp_path, monkeypatch):
     """A real photograph and its mirror image, asked for the eye each shows and then the other."""
     rgb, _ = retina_square(256)
     measured = fa.measure_image(rgb)["eye"]
@@ -72,8 +72,14 @@ def test_measured_eye_follows_the_image_end_to_end(tmp_path):
         for name, img, eye in (("a.png", rgb, first), ("b.png", rgb[:, ::-1], second)):
             Image.fromarray(np.ascontiguousarray(img)).save(out / name)
             (out / name).with_suffix(".json").write_text(json.dumps({"file": name, "attributes": {"eye": eye}}))
-    assert fa.evaluate_faithfulness(tmp_path / "faithful", None, progress=False)["synthetic"]["eye"]["accuracy"] == 1.0
-    assert fa.evaluate_faithfulness(tmp_path / "swapped", None, progress=False)["synthetic"]["eye"]["accuracy"] == 0.0
+    cache = tmp_path / "cache"
+    faithful = fa.evaluate_faithfulness(tmp_path / "faithful", None, progress=False, cache_dir=cache)
+    assert faithful["synthetic"]["eye"]["accuracy"] == 1.0
+    swapped = fa.evaluate_faithfulness(tmp_path / "swapped", None, progress=False, cache_dir=cache)
+    assert swapped["synthetic"]["eye"]["accuracy"] == 0.0
+    # a re-run measures nothing again
+    monkeypatch.setattr(fa, "measure_image", lambda rgb, side=512: pytest.fail("measurement not cached"))
+    assert fa.evaluate_faithfulness(tmp_path / "faithful", None, progress=False, cache_dir=cache) == faithful
 
 
 def test_real_ceiling_uses_stored_measurements(tmp_path):
@@ -92,7 +98,7 @@ def test_real_ceiling_uses_stored_measurements(tmp_path):
 def test_a_folder_without_attributes_is_one_clear_error(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     with pytest.raises(FundusgenError, match="no sidecar with 'attributes'"):
-        fa.evaluate_faithfulness(tmp_path, None, progress=False)
+        fa.evaluate_faithfulness(tmp_path, None, progress=False, cache_dir=tmp_path / "cache")
 
 
 def test_dr_grade_is_classified_by_a_probe_trained_on_the_real_grades(tmp_path):

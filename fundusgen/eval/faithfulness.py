@@ -90,6 +90,25 @@ def measure_image(rgb: np.ndarray, side: int = 512) -> dict:
     return measure(image, fov)
 
 
+def measure_version() -> str:
+    """Part of the cache key of measurements: the measurement code, its networks' weights, bf16 use."""
+    import hashlib
+    from fundusgen.measure import attributes
+    from fundusgen.measure.vessels import _bf16_is_native
+    code = b"".join(sorted(f.read_bytes() for f in Path(attributes.__file__).parent.glob("*.py")))
+    return hashlib.sha1(code + f"{attributes.weights_id()}|{_bf16_is_native()}".encode()).hexdigest()[:16]
+
+
+def measure_cached(folder: Path, ids: list[str], *, cache_dir: Path | None, desc: str, progress: bool) -> list[dict]:
+    """``measure_image`` of images of a folder or prepared folder, cached per image beside the features."""
+    from fundusgen.eval.report import ImageSource, cached_per_image
+    source = ImageSource(Path(folder))
+
+    def compute(todo: list[str]) -> list[dict]:
+        return [measure_image(source(i)) for i in tqdm(todo, desc=desc, unit="img", disable=not progress)]
+    return cached_per_image(source, ids, compute, kind="measure", version=measure_version(), cache_dir=cache_dir)
+
+
 def shows_dark_lesions(m: dict) -> bool:
     return int(m["lesions"]["dark"]["count"]) >= MIN_DARK_LESIONS
 
@@ -219,7 +238,7 @@ def score(items: list[Item], haze_threshold: float | None) -> dict:
 # --- real photographs: the ceiling ----------------------------------------------------------------
 
 def real_items(prepared: Path, splits: Iterable[str] = ("test", "val"), limit: int = 200, seed: int = 0,
-               progress: bool = True) -> tuple[list[Item], list[Item]]:
+               progress: bool = True, cache_dir: Path | None = None) -> tuple[list[Item], list[Item]]:
     """(held-out items, training items) of a prepared folder: labels from its index, measurements
     from its ``measure/`` output where present (``fundusgen measure``); held-out images without
     stored measurements are measured here, a seeded sample of at most ``limit`` of them. Training
@@ -246,12 +265,10 @@ def real_items(prepared: Path, splits: Iterable[str] = ("test", "val"), limit: i
     items = pick(held)
     missing = held[~held["key"].isin(list(stored))]
     if len(missing):
-        from fundusgen.eval.report import ImageSource
         rows = missing.sample(n=min(limit, len(missing)), random_state=seed)
-        source = ImageSource(prepared)
-        items += [Item(attrs(r), measure_image(source(r["key"])))
-                  for _, r in tqdm(list(rows.iterrows()), desc="faithfulness: measure real", unit="img",
-                                   disable=not progress)]
+        measured = measure_cached(prepared, rows["key"].tolist(), cache_dir=cache_dir,
+                                  desc="faithfulness: measure real", progress=progress)
+        items += [Item(attrs(r), m) for (_, r), m in zip(rows.iterrows(), measured)]
     return items, pick(train)
 
 
@@ -319,11 +336,15 @@ def evaluate_faithfulness(synthetic: Path, prepared: Path | None, *, classify: C
             classify, dr_ceiling = dr_grade_classifier(Path(prepared), cache_dir=cache_dir, progress=progress)
         except FundusgenError as e:
             notes.append(f"no DR-grade classifier: {e}")
-    items = []
-    for name, a in tqdm(sorted(asked.items()), desc="faithfulness: measure synthetic", unit="img", disable=not progress):
-        rgb = load(synthetic / name)
-        items.append(Item(a, measure_image(rgb), classify([rgb])[0] if classify else {}))
-    held, train = real_items(prepared, progress=progress) if prepared else ([], [])
+    names = sorted(asked)
+    measured = measure_cached(synthetic, names, cache_dir=cache_dir, desc="faithfulness: measure synthetic",
+                              progress=progress)
+    predicted = [{} for _ in names]
+    if classify:
+        predicted = [classify([load(synthetic / n)])[0]
+                     for n in tqdm(names, desc="faithfulness: classify synthetic", unit="img", disable=not progress)]
+    items = [Item(asked[n], m, p) for n, m, p in zip(names, measured, predicted)]
+    held, train = real_items(prepared, progress=progress, cache_dir=cache_dir) if prepared else ([], [])
     threshold = haze_threshold_from(train) if haze_threshold_from(train) is not None else haze_threshold_from(held)
     real = score(held, threshold) if held else {}
     if dr_ceiling is not None:
