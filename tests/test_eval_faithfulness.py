@@ -93,6 +93,9 @@ def test_real_ceiling_uses_stored_measurements(tmp_path):
     pd.DataFrame(rows).to_parquet(prepared / "index.parquet")
     held, train = fa.real_items(prepared, progress=False)
     assert len(held) + len(train) == len(keys) and all("haze" in i.measurements for i in held + train)
+    for item in held:
+        item.attributes["eye"] = "left"
+    assert fa.score(held, None)["eye"]["by_dataset"]["fixture"]["n"] == len(held)
 
 
 def test_a_folder_without_attributes_is_one_clear_error(tmp_path):

@@ -194,6 +194,11 @@ def score(items: list[Item], haze_threshold: float | None) -> dict:
         out["eye"] = {"n": len(eye), "accuracy": float(right.mean()),
                       "confident_share": float(confident.mean()),
                       "confident_accuracy": float(right[confident].mean()) if confident.any() else None}
+        datasets = [i.attributes.get("dataset") for i in items if i.attributes.get("eye") in EYES]
+        if any(datasets):  # real photographs: per dataset, since some store photos mirrored
+            out["eye"]["by_dataset"] = {d: {"n": int(sum(x == d for x in datasets)),
+                                            "accuracy": float(right[[x == d for x in datasets]].mean())}
+                                        for d in sorted({x for x in datasets if x})}
     lesions = [(_has_dr(i.attributes), shows_dark_lesions(i.measurements)) for i in items
                if _has_dr(i.attributes) is not None]
     if lesions:
@@ -257,7 +262,7 @@ def real_items(prepared: Path, splits: Iterable[str] = ("test", "val"), limit: i
         stored.update(read_measurements(prepared, Path(shard).stem))
 
     def attrs(row) -> dict:
-        return {k: (None if pd.isna(row[k]) else row[k]) for k in labels if k in row}
+        return {k: (None if pd.isna(row[k]) else row[k]) for k in labels + ["dataset"] if k in row}
 
     held = index[index["split"].isin(list(splits))]
     train = index[index["split"] == "train"]

@@ -597,6 +597,9 @@ def _faithfulness_html(report: dict) -> str:
                       + "".join(f"<th>{g}</th>" for g in range(len(m)))
                       + "".join(f"<tr><th>{i}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
                                 for i, row in enumerate(m)) + "</table>")
+    by = real.get("eye", {}).get("by_dataset")
+    eyes = ("<p>Real eye ceiling per dataset: " + ", ".join(f"{_e(d)} {_pct(v['accuracy'])} (n={v['n']})"
+                                                          for d, v in by.items()) + "</p>") if by else ""
     cdr = ""
     if syn.get("cdr", {}).get("mean_measured_by_requested"):
         cdr = "<p>Measured CDR per requested CDR: " + ", ".join(
@@ -606,7 +609,7 @@ def _faithfulness_html(report: dict) -> str:
 networks; beside each figure, the same predictor on {f['n_real']} real held-out photographs with known labels
 (the ceiling). Chance is 50% for the balanced accuracies and the eye.</p>
 <table><tr><th>attribute</th><th>synthetic</th><th>real (ceiling)</th></tr>{''.join(rows)}</table>
-{confusion}{cdr}
+{eyes}{confusion}{cdr}
 <details><summary>How these were computed</summary><p>{_e(f['method'])}</p>
 <p>Haze threshold {_e(syn.get('cataract', {}).get('haze_threshold', 'n/a'))}, fitted on the {_e(f['haze_threshold_fitted_on'])}
 of the real photographs labelled cataract or not.</p></details>"""
