@@ -146,3 +146,10 @@ def test_dr_grade_is_classified_by_a_probe_trained_on_the_real_grades(tmp_path):
         return np.asarray(Image.open(_io.BytesIO(encode_image(rgb))).convert("RGB"))
     predicted = [p["dr_grade"] for p in classify([as_stored(photo(g)) for g in (0, 0, 3, 3)])]
     assert sum(p == g for p, g in zip(predicted, (0, 0, 3, 3))) >= 3, (predicted, ceiling)
+
+
+def test_command_line_bad_folder_is_one_line_on_stderr(tmp_path, capsys):
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    assert fa.main(["score", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("faithfulness: error: ") and str(tmp_path) in err[0]

@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = evaluate_faithfulness(Path(args.synthetic), Path(args.real) if args.real else None)
     except FundusgenError as err:
-        print(f"faithfulness: error: {err}")
+        import sys
+        print(f"faithfulness: error: {err}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)
     if args.out:
