@@ -583,9 +583,9 @@ def _faithfulness_html(report: dict) -> str:
                                   ("cataract", "haze_balanced_accuracy", "cataract: haze above the real-data threshold (balanced accuracy)", True),
                                   ("cataract", "classifier_balanced_accuracy", "cataract: classifier (balanced accuracy)", True),
                                   ("cdr", "mean_absolute_error", "CDR: mean absolute error of the disc/cup network", False)):
-        if attr not in syn and attr not in real:
-            continue
         s, r = syn.get(attr, {}), real.get(attr, {})
+        if s.get(key) is None and r.get(key) is None:
+            continue
         rows.append(f"<tr><td>{_e(label)}</td><td>{num(s, key, pct)} (n={s.get('n', 0)})</td>"
                     f"<td>{num(r, key, pct)} (n={r.get('n', 0)})</td></tr>")
     confusion = ""
@@ -607,7 +607,7 @@ def _faithfulness_html(report: dict) -> str:
     return f"""<h2>4. Caption faithfulness</h2>
 <p>{f['n_synthetic']} synthetic images generated from known attributes, measured by the project's measurement
 networks; beside each figure, the same predictor on {f['n_real']} real held-out photographs with known labels
-(the ceiling). Chance is 50% for the balanced accuracies and the eye.</p>
+(the ceiling). Chance is 50% for the balanced accuracies and the eye, 20% for the DR grade.</p>
 <table><tr><th>attribute</th><th>synthetic</th><th>real (ceiling)</th></tr>{''.join(rows)}</table>
 {eyes}{confusion}{cdr}
 <details><summary>How these were computed</summary><p>{_e(f['method'])}</p>
