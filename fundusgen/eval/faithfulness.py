@@ -92,11 +92,9 @@ def measure_image(rgb: np.ndarray, side: int = 512) -> dict:
 
 def measure_version() -> str:
     """Part of the cache key of measurements: the measurement code, its networks' weights, bf16 use."""
-    import hashlib
     from fundusgen.measure import attributes
-    from fundusgen.measure.vessels import _bf16_is_native
-    code = b"".join(sorted(f.read_bytes() for f in Path(attributes.__file__).parent.glob("*.py")))
-    return hashlib.sha1(code + f"{attributes.weights_id()}|{_bf16_is_native()}".encode()).hexdigest()[:16]
+    return attributes.digest(sorted(Path(attributes.__file__).parent.glob("*.py")), attributes.weights_id(),
+                             attributes.precision_id())
 
 
 def measure_cached(folder: Path, ids: list[str], *, cache_dir: Path | None, desc: str, progress: bool) -> list[dict]:
@@ -345,12 +343,15 @@ def evaluate_faithfulness(synthetic: Path, prepared: Path | None, *, classify: C
     measured = measure_cached(synthetic, names, cache_dir=cache_dir, desc="faithfulness: measure synthetic",
                               progress=progress)
     predicted = [{} for _ in names]
-    if classify:
-        predicted = [classify([load(synthetic / n)])[0]
-                     for n in tqdm(names, desc="faithfulness: classify synthetic", unit="img", disable=not progress)]
+    if classify:  # in batches: one network pass per 32 images
+        predicted = [p for start in tqdm(range(0, len(names), 32), desc="faithfulness: classify synthetic",
+                                         unit="batch", disable=not progress)
+                     for p in classify([load(synthetic / n) for n in names[start:start + 32]])]
     items = [Item(asked[n], m, p) for n, m, p in zip(names, measured, predicted)]
     held, train = real_items(prepared, progress=progress, cache_dir=cache_dir) if prepared else ([], [])
-    threshold = haze_threshold_from(train) if haze_threshold_from(train) is not None else haze_threshold_from(held)
+    threshold = haze_threshold_from(train)
+    if threshold is None:
+        threshold = haze_threshold_from(held)
     real = score(held, threshold) if held else {}
     if dr_ceiling is not None:
         real["dr_grade"] = dr_ceiling

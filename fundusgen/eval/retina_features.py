@@ -26,12 +26,9 @@ DESCRIPTION = ("encoder of the project's vessel U-Net (trained on DRIVE, CHASE_D
 
 def version() -> str:
     """Part of the cache key of these features: this code and the vessel network's weights."""
-    import hashlib
-    from pathlib import Path
     from fundusgen.measure import vessels
-    from fundusgen.measure.attributes import weights_id
-    code = Path(__file__).read_bytes() + Path(vessels.__file__).read_bytes()
-    return hashlib.sha1(code + weights_id().encode()).hexdigest()[:16]
+    from fundusgen.measure.attributes import digest, weights_id
+    return digest([__file__, vessels.__file__], weights_id())
 
 
 def _network():

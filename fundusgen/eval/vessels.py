@@ -35,12 +35,9 @@ def vessel_geometry(rgb: np.ndarray) -> dict:
 def version() -> str:
     """Part of the cache key of vessel geometry: the code that measures it, the vessel network's
     weights, and whether it runs in bf16 here."""
-    import hashlib
-    from pathlib import Path
     from fundusgen.measure import attributes, vessels
-    from fundusgen.measure.vessels import _bf16_is_native
-    code = b"".join(Path(m.__file__).read_bytes() for m in (vessels, attributes)) + Path(__file__).read_bytes()
-    return hashlib.sha1(code + f"{attributes.weights_id()}|{_bf16_is_native()}".encode()).hexdigest()[:16]
+    return attributes.digest([vessels.__file__, attributes.__file__, __file__], attributes.weights_id(),
+                             attributes.precision_id())
 
 
 def geometry_of(ids: list[str], load: Callable[[str], np.ndarray], *, desc: str, progress: bool = True) -> list[dict]:

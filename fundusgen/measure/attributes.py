@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,22 @@ from fundusgen.measure.vessels import classical_vessels, network_vessels, region
 
 VERSION = 3  # bump when a measurement changes, so stored measurements are redone
 VESSEL_METHODS = ("auto", "network", "classical")
+
+
+def digest(files, *extra: str) -> str:
+    """A short digest of source files and strings: part of cache keys, so that changing the code,
+    weights or precision that computed a cached result recomputes it."""
+    h = hashlib.sha1()
+    for f in files:
+        h.update(Path(f).read_bytes())
+    h.update("|".join(extra).encode())
+    return h.hexdigest()[:16]
+
+
+def precision_id() -> str:
+    """Whether the vessel network runs in bf16 here (its masks differ slightly from float32's)."""
+    from fundusgen.measure.vessels import _bf16_is_native
+    return f"bf16={_bf16_is_native()}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from fundusgen.errors import FundusgenError
-from fundusgen.measure.vessels import build_unet, dice_bce
+from fundusgen.measure.vessels import build_unet, dice_bce, fit_segmentation  # noqa: F401 (dice_bce: part of this module's API)
 
 SHIPPED = Path(__file__).parent / "weights" / "disc_cup"
 KIND = "disc-cup-unet"
@@ -267,46 +267,16 @@ def _batch(examples: list[Example], batch_size: int, crop: int, g):
 def train_disc_cup_net(cfg: DiscCupTrainConfig, progress: bool = True) -> Path:
     """Train on the Drishti-GS1 training images; resumes exactly from ``out/checkpoint.pt`` after a kill."""
     torch = _torch()
-    from accelerate import Accelerator
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
     from fundusgen.data.shards import atomic_write_text
-    from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, step_generator
 
     examples = drishti_examples(cfg.data, "training")
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     model = build_net(cfg.channels, cfg.depth, cfg.crop)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    start = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["step"])
-    model, optimizer = accelerator.prepare(model, optimizer)
-    bar = tqdm(total=cfg.steps * cfg.batch_size, initial=start * cfg.batch_size, desc="train disc/cup",
-               unit="img", disable=not progress)
-    for step in range(start, cfg.steps):
-        g = step_generator(cfg.seed, step)
-        x, y = _batch(examples, cfg.batch_size, cfg.crop, g)
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine decay, a function of step only
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        loss = dice_bce(model(x.to(accelerator.device)), y.to(accelerator.device))
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        bar.update(cfg.batch_size)
-        bar.set_postfix(step=step + 1, loss=f"{loss.item():.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(out / "checkpoint.pt", model=accelerator.unwrap_model(model).state_dict(),
-                            optimizer=optimizer.state_dict(), step=torch.tensor(step + 1))
-    bar.close()
-    net = accelerator.unwrap_model(model)
+    net = fit_segmentation(model, lambda g: _batch(examples, cfg.batch_size, cfg.crop, g), cfg, out,
+                           desc="train disc/cup", progress=progress, images_per_step=cfg.batch_size)
     out.mkdir(parents=True, exist_ok=True)
     # fp16 halves the shipped file; loading casts back to fp32
     save_file({k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()

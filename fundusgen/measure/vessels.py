@@ -284,15 +284,56 @@ def dice_bce(logits, target):
     return bce + dice.mean()
 
 
+def fit_segmentation(model, draw_batch, cfg, out: Path, *, desc: str, progress: bool = True,
+                     images_per_step: int = 0):
+    """The training loop of the project's segmentation U-Nets (vessels, disc/cup): AdamW, cosine
+    decay, BCE + Dice; ``draw_batch(g)`` gives (x, y) from the step's generator, so that a run
+    resumed from ``out/checkpoint.pt`` after a kill draws exactly what an uninterrupted one would.
+    ``cfg`` has steps, lr, seed and checkpoint_every. The progress bar counts steps, or images when
+    ``images_per_step`` is given. Returns the trained model (on the CPU, unwrapped)."""
+    torch = _torch()
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, step_generator
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["step"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    per = images_per_step or 1
+    bar = tqdm(total=cfg.steps * per, initial=start * per, desc=desc, unit="img" if images_per_step else "step",
+               disable=not progress)
+    for step in range(start, cfg.steps):
+        x, y = draw_batch(step_generator(cfg.seed, step))
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine decay, a function of step only
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        loss = dice_bce(model(x.to(accelerator.device)), y.to(accelerator.device))
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        bar.update(per)
+        bar.set_postfix(step=step + 1, loss=f"{loss.item():.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(out / "checkpoint.pt", model=accelerator.unwrap_model(model).state_dict(),
+                            optimizer=optimizer.state_dict(), step=torch.tensor(step + 1))
+    bar.close()
+    return accelerator.unwrap_model(model)
+
+
 def train_vessel_net(cfg: VesselTrainConfig, progress: bool = True) -> Path:
     """Train the vessel U-Net on random crops; resumes exactly from ``out/checkpoint.pt`` after a kill."""
     torch = _torch()
-    from accelerate import Accelerator
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
     from fundusgen.errors import FundusgenError
-    from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, step_generator
 
     images = _vessel_images(cfg.data)
     if not images:
@@ -305,34 +346,8 @@ def train_vessel_net(cfg: VesselTrainConfig, progress: bool = True) -> Path:
         cfg = replace(cfg, channels=model.config["channels"], depth=model.config["depth"])
     else:
         model = build_unet(cfg.channels, cfg.depth)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    start = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["step"])
-    model, optimizer = accelerator.prepare(model, optimizer)
-    bar = tqdm(total=cfg.steps, initial=start, desc="train vessels", unit="step", disable=not progress)
-    for step in range(start, cfg.steps):
-        g = step_generator(cfg.seed, step)
-        x, y = _batch(images, cfg.batch_size, cfg.crop, g)
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine decay, a function of step only
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        loss = dice_bce(model(x.to(accelerator.device)), y.to(accelerator.device))
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(out / "checkpoint.pt", model=accelerator.unwrap_model(model).state_dict(),
-                            optimizer=optimizer.state_dict(), step=torch.tensor(step + 1))
-    bar.close()
-    net = accelerator.unwrap_model(model)
+    net = fit_segmentation(model, lambda g: _batch(images, cfg.batch_size, cfg.crop, g), cfg, out,
+                           desc="train vessels", progress=progress)
     from fundusgen.data.shards import atomic_write_text
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
