@@ -20,7 +20,7 @@ from fundusgen.cli import build_parser, main
 from fundusgen.data.fundus import preprocess
 from fundusgen.errors import FundusgenError
 from fundusgen.eval import features as F
-from fundusgen.eval.anatomy import check_image, find_optic_discs
+from fundusgen.eval.anatomy import Measurements, check_image, count_discs, fit_thresholds
 from fundusgen.eval.cli import add_evaluate_parser
 from fundusgen.eval.realism import fid, frechet_distance, gaussian_statistics
 from fundusgen.eval.report import EvaluateConfig, ImageSource, RealSet, evaluate
@@ -149,7 +149,7 @@ def test_a_photograph_that_is_no_fundus_is_anatomically_invalid(evaluated):
     assert any("not a fundus" in r for r in images["astronaut.png"]["reasons"])
     retinas = [images[f"{i:03d}_seed{i}.png"] for i in range(10)]
     assert sum(r["valid"] for r in retinas) >= 8 and all(r["optic_discs"] == 1 for r in retinas if r["valid"])
-    assert report["anatomy"]["real"]["all"]["n"] == 22 and "learned disc detector" in report["anatomy"]["note"]
+    assert report["anatomy"]["real"]["all"]["n"] == 22 and "vessel_density_min" in report["anatomy"]["thresholds"]
     assert "anatomy: " in printed and "synthetic images valid" in printed
 
 
@@ -160,7 +160,7 @@ def test_the_html_is_self_contained_and_says_how_to_reproduce_it(workspace, eval
     assert page.count("src='data:image/jpeg;base64,") >= 12 and "src='data:image/png;base64," in page
     assert "src='http" not in page and "src='/" not in page and "<script" not in page
     assert report["command"].startswith("fundusgen evaluate --synthetic /") and "--real" in report["command"]
-    assert "How these were computed" in page and "learned disc detector" in page
+    assert "How these were computed" in page and "disc/cup network" in page
 
 
 def test_a_rerun_is_served_from_the_feature_anatomy_vessel_and_retina_caches(workspace, evaluated, monkeypatch):
@@ -267,7 +267,7 @@ def test_real_set_names_and_splits_are_parsed():
         RealSet.parse("/data/prep")
 
 
-# --- Anatomy heuristics ------------------------------------------------------------------------------
+# --- Anatomy check (measurement step) ---------------------------------------------------------------
 
 def flat_orange_disc(size: int = 256) -> np.ndarray:
     img = np.zeros((size, size, 3), np.uint8)
@@ -275,33 +275,81 @@ def flat_orange_disc(size: int = 256) -> np.ndarray:
     return img
 
 
-@pytest.mark.parametrize("side", [1411, 256, 64])
-def test_the_disc_heuristic_finds_one_disc_on_the_retina(side):
+def with_second_disc(retina: np.ndarray, at: tuple[int, int], disc: tuple[int, int] = (39, 116), r: int = 30):
+    """``retina`` (256 px) with its optic disc copied, mirrored and feathered, to ``at``."""
+    out = retina.astype(np.float32)
+    (x, y), (px, py) = disc, at
+    patch = out[y - r:y + r, x - r:x + r][:, ::-1]
+    yy, xx = np.mgrid[-r:r, -r:r]
+    w = np.clip((r - np.hypot(xx, yy)) / 8, 0, 1)[..., None]
+    out[py - r:py + r, px - r:px + r] = w * patch + (1 - w) * out[py - r:py + r, px - r:px + r]
+    return out.astype(np.uint8)
+
+
+@pytest.mark.parametrize("side", [1411, 256, 128])
+def test_the_retina_has_one_disc_a_fovea_and_vessels_at_any_size(side):
     retina = data.retina() if side == 1411 else cv2.resize(data.retina(), (side, side), interpolation=cv2.INTER_AREA)
-    discs = find_optic_discs(retina)
-    assert len(discs) == 1
-    disc = discs[0]
-    # the disc of skimage's retina sits left of centre, a little above the horizontal midline
-    assert 0.1 < disc.x / side < 0.3 and 0.35 < disc.y / side < 0.55 and 0.05 < disc.diameter / side < 0.25
+    check = check_image(retina)
+    assert check.valid, check.reasons
+    (disc,) = check.discs
+    # the disc of skimage's retina sits left of centre, a little above the horizontal midline; its fovea
+    # near the centre, slightly below the disc, about 2.3 disc diameters away
+    assert 0.1 < disc.x / side < 0.2 and 0.4 < disc.y / side < 0.5 and 0.1 < disc.diameter / side < 0.2
+    assert abs(check.fovea.x / side - 0.49) < 0.03 and abs(check.fovea.y / side - 0.5) < 0.03
+    assert 1.9 < check.fovea.distance < 2.7 and 0 < check.fovea.angle < 15
+    assert check.vessel_density > 0.1
 
 
-def test_the_disc_heuristic_finds_none_on_a_flat_orange_disc_and_two_on_a_retina_with_a_second():
-    assert find_optic_discs(flat_orange_disc()) == []
+@pytest.mark.parametrize("at", [(200, 120), (128, 200), (190, 60)])
+def test_a_second_disc_makes_the_retina_invalid(at):
     retina = cv2.resize(data.retina(), (256, 256), interpolation=cv2.INTER_AREA)
-    (disc,) = find_optic_discs(retina)
-    r, x, y = int(disc.diameter), int(disc.x), int(disc.y)
-    twice = retina.copy()
-    twice[y - r:y + r, 256 - x - r:256 - x + r] = retina[y - r:y + r, x - r:x + r]  # mirrored across the centre
-    assert len(find_optic_discs(twice)) == 2
-    check = check_image(twice)
-    assert not check.valid and "2 optic discs" in check.reasons
+    check = check_image(with_second_disc(retina, at))
+    assert check.optic_discs == 2 and "2 optic discs" in check.reasons
+    assert all(d.confirmed for d in check.discs)
+    assert min(np.hypot(d.x - at[0], d.y - at[1]) for d in check.discs) < 10
 
 
 def test_a_flat_disc_and_a_photograph_are_invalid_for_their_own_reasons():
     flat = check_image(flat_orange_disc())
-    assert not flat.valid and "no optic disc found" in flat.reasons and flat.fov_roundness > 0.95
+    assert not flat.valid and flat.fov_roundness > 0.95 and flat.vessel_density == 0
+    assert any("no vessel tree" in r for r in flat.reasons)
     photo = check_image(data.astronaut())
     assert not photo.valid and photo.fov_roundness < 0.8
+
+
+def test_a_blurred_retina_loses_its_vessel_tree():
+    retina = cv2.resize(data.retina(), (256, 256), interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(retina, (0, 0), 6)  # what a blurry generator makes: disc and macula, no vessels
+    sharp, soft = check_image(retina), check_image(blurred)
+    # the real-photograph floor (a few hazy cataract photos show hardly a vessel) is far below a healthy tree
+    assert soft.vessel_density < 0.01 * sharp.vessel_density
+
+
+def _measurements(score, confirmed, fovea=(150.0, 120.0, 2.0), density=0.1):
+    return Measurements([(40.0, 117.0, score), (200.0, 120.0, 3.0)], [confirmed, None], 38.0, fovea, density)
+
+
+def test_discs_are_counted_once_and_an_unconfirmed_candidate_needs_the_score():
+    assert len(count_discs(_measurements(3.0, (41.0, 118.0, 37.0)), disc_score_min=5.0)) == 1
+    assert count_discs(_measurements(3.0, None), disc_score_min=5.0) == []
+    (disc,) = count_discs(_measurements(6.0, None), disc_score_min=5.0)
+    assert not disc.confirmed and disc.x == 40.0
+    too_small = _measurements(6.0, (41.0, 118.0, 5.0))  # a bright speck, not a disc
+    assert not count_discs(too_small, disc_score_min=7.0)
+    same = Measurements([(40.0, 117.0, 6.0), (60.0, 117.0, 5.0)], [(41.0, 118.0, 37.0), (45.0, 118.0, 36.0)],
+                        38.0, None, 0.1)
+    assert len(count_discs(same, disc_score_min=5.0)) == 1
+
+
+def test_thresholds_are_quantiles_of_real_measurements():
+    rng = np.random.default_rng(0)
+    rows = [_measurements(float(s), (40.0, 117.0, 37.0), (40.0 + 38 * d, 117.0 + 5 * rng.standard_normal(), 2.0),
+                          float(v))
+            for s, d, v in zip(rng.uniform(4, 9, 500), rng.uniform(2, 3, 500), rng.uniform(0.05, 0.15, 500))]
+    t = fit_thresholds(rows)
+    assert 4.0 < t["disc_score_min"] < 4.2 and 0.05 < t["vessel_density_min"] < 0.052
+    assert 1.9 < t["fovea_distance"][0] < 2.05 and 2.95 < t["fovea_distance"][1] < 3.1
+    assert -20 < t["fovea_angle"][0] < 0 < t["fovea_angle"][1] < 20
 
 
 # --- Fréchet distance from few images ---------------------------------------------------------------------

@@ -1,128 +1,95 @@
-"""A first anatomical-validity check that needs no trained network: a clean circular field of
-view, a usable quality score, and exactly one optic disc.
+"""Anatomical validity of a fundus image, from the project's measurement step.
 
-The optic disc count is a heuristic, replaced by the project's learned disc detector once the
-measurement step (``fundusgen.measure``) exists. The optic disc is the brightest compact
-structure of a fundus photograph, about a sixth of the field of view across (1.5-2 mm of a
-12-13 mm 45-degree field). So, on the mean of the red and green channels:
+Users of published fundus generators report images with two optic discs, no macula, or no
+vessel tree. Every image (synthetic or real, the real ones being the reference) is put through
+the same steps as ``fundusgen measure``, on a square FOV-cropped copy ``ANALYSIS_SIDE`` px
+across (the generator's output size), and is valid when all of these hold:
 
-1. vessels are removed by a morphological closing wider than a vessel (as in Walter & Klein
-   2001, "Segmentation of color fundus images of the human retina");
-2. a centre-surround contrast at disc scale is taken: a Gaussian blur at the scale of the disc
-   minus one at the scale of its surroundings, both normalised inside the field of view so that
-   the dark surround does not leak in (normalised convolution, Knutsson & Westin 1993);
-3. its local maxima are disc candidates; a candidate counts as a disc when its contrast stands
-   out against the contrast everywhere else in the field of view (``MIN_CONTRAST_Z`` standard
-   deviations) and in grey levels, it lies clear of the rim (where glare and stray light
-   make bright crescents), and its half-maximum region is disc-sized and compact.
+1. **Fundus and field of view**: it passes the fundus check of ``fundusgen prepare`` (a round
+   field of view on a dark surround, exposure, retina colours, a usable quality score) and its
+   field of view is a clean circle, possibly clipped by the frame (roundness >= ``MIN_ROUNDNESS``).
+2. **Exactly one optic disc.** Candidates are the best local maxima of the measurement step's
+   disc score (``fundusgen.measure.disc.disc_score_map``: a bright blob of disc size that the
+   vessels radiate from), at least two nominal disc diameters apart. A candidate is confirmed
+   when the project's disc/cup network (``fundusgen.measure.disccup``, trained on Drishti-GS1)
+   segments a disc of at least ``MIN_CONFIRMED_DIAMETER`` nominal diameters there. The image has
+   as many discs as distinct confirmed candidates; when the network confirms none, the best
+   candidate still counts as the disc if its score is at least the calibrated
+   ``disc_score_min``, the score that 99% of the discs the network confirms reach (at 256 px the
+   network misses about a quarter of real discs, mostly small or low-contrast ones). Two confirmed discs make an image invalid.
+3. **A macula where it belongs.** The darkest macula-sized spot 1.2-4 disc diameters from the
+   disc, on either side (``disc.dark_spot``), is the fovea when it is at least
+   ``fovea_z_min`` standard deviations dark; the disc-to-fovea distance (in disc diameters) and
+   angle (degrees below the horizontal through the disc) must lie inside the range of real
+   photographs.
+4. **A vessel tree**: the share of the FOV that the project's vessel network marks as vessel is
+   at least ``vessel_density_min``.
 
-Every image is first resized so that its field of view is ``ANALYSIS_SIDE`` pixels across, so
-that images of any resolution are judged alike.
+The thresholds in ``CALIBRATION_FILE`` are quantiles (``REAL_QUANTILES``) of the same
+measurements on real training photographs of good quality, written by ``python -m fundusgen.eval.anatomy
+calibrate PREPARED_DIR``; so by construction a few percent of real photographs fail one test,
+and the real held-out sets in the report show how many.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from skimage.feature import peak_local_max
 
 from fundusgen.data import fundus, quality
-from fundusgen.data.fundus import detect_fov, fov_box, fov_roundness
+from fundusgen.data.fundus import detect_fov, fov_roundness
 from fundusgen.data.quality import MIN_ROUNDNESS, assess
+from fundusgen.measure import disc as disc_measure
+from fundusgen.measure.disc import NOMINAL_DISC, dark_spot, disc_candidates, fov_geometry
 
-ANALYSIS_SIDE = 256          # the field of view's long side after resizing, in pixels
-VESSEL_WIDTH = 0.035         # closing element, share of the FOV diameter: wider than main vessels
-DISC_SCALE = 0.03            # Gaussian sigma of the disc-scale blur, share of the FOV diameter
-SURROUND_SCALE = 0.12        # sigma of the surround blur
-MIN_CONTRAST_Z = 3.5         # disc contrast over the standard deviation of the contrast in the FOV
-MIN_CONTRAST_LEVEL = 12.0    # and in grey levels: a flat image has no disc, however small its spread
-DISC_DIAMETER = (0.05, 0.30)  # half-maximum region's equivalent diameter, share of the FOV diameter
-MIN_RIM_DISTANCE = 0.07      # peak's distance to the FOV's edge, share of the diameter: rim glare is no disc
-MIN_SOLIDITY = 0.6           # area over convex hull area: rim crescents and vessel junctions fail
-LEARNED_DETECTOR_NOTE = ("The optic disc count is a brightness heuristic; the project's learned disc detector "
-                         "replaces it once the measurement step (issue 3) lands.")
+ANALYSIS_SIDE = 256           # the FOV-cropped square every image is judged at, in pixels
+CANDIDATES = 3                # disc candidates looked at per image
+MIN_CONFIRMED_DIAMETER = 0.4  # a network disc smaller than this many nominal diameters is a bright speck
+SAME_DISC = 1.0               # confirmed discs closer than this many nominal diameters are one disc
+REAL_QUANTILES = (0.01, 0.99)  # the real range each measurement must fall in (one-sided where it says min)
+CALIBRATION_FILE = Path(__file__).with_name("anatomy_calibration.json")
+
+
+@functools.lru_cache(maxsize=1)
+def calibration() -> dict:
+    """The thresholds fitted on real training photographs (``calibrate``)."""
+    return json.loads(CALIBRATION_FILE.read_text())["thresholds"]
 
 
 @dataclass
 class Disc:
-    """A bright blob that fits an optic disc, in the input image's pixels."""
+    """An optic disc found in an image, in the input image's pixels."""
     x: float
     y: float
     diameter: float
-    contrast: float      # centre minus surround, grey levels
-    z: float             # contrast over the standard deviation of the contrast in the FOV
+    score: float         # the measurement step's disc score at the candidate
+    confirmed: bool      # the disc/cup network segments a disc there
 
 
-def _normalised_blur(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of ``image`` using only pixels where ``weight`` > 0 (normalised convolution)."""
-    num = cv2.GaussianBlur(image * weight, (0, 0), sigma)
-    return num / np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-3)
-
-
-def _ellipse(diameter: float) -> np.ndarray:
-    k = max(3, int(round(diameter)) | 1)
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-
-
-def find_optic_discs(rgb: np.ndarray, fov: np.ndarray | None = None) -> list[Disc]:
-    """The optic disc candidates that pass every test (see the module docstring), brightest first."""
-    fov = detect_fov(rgb) if fov is None else fov
-    if not fov.any():
-        return []
-    x0, y0, x1, y1 = fov_box(fov)
-    scale = ANALYSIS_SIDE / max(x1 - x0, y1 - y0)
-    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
-    crop = cv2.resize(rgb[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    mask = cv2.resize(fov[y0:y1, x0:x1].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-    d = float(ANALYSIS_SIDE)
-    brightness = crop[..., :2].astype(np.float32).mean(axis=-1)
-    brightness = cv2.morphologyEx(brightness, cv2.MORPH_CLOSE, _ellipse(VESSEL_WIDTH * d))
-    weight = cv2.erode(mask, _ellipse(0.02 * d)).astype(np.float32)  # the rim's dark falloff is not retina
-    inside = weight > 0
-    if inside.sum() < 16:
-        return []
-    centre = _normalised_blur(brightness, weight, DISC_SCALE * d)
-    contrast = (centre - _normalised_blur(brightness, weight, SURROUND_SCALE * d)) * weight
-    spread = max(float(contrast[inside].std()), 1.0)
-    rim_distance = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    peaks = peak_local_max(contrast, min_distance=int(0.1 * d), threshold_abs=MIN_CONTRAST_LEVEL,
-                           exclude_border=False)
-    discs = []
-    for py, px in peaks:
-        peak = float(contrast[py, px])
-        if peak / spread < MIN_CONTRAST_Z or rim_distance[py, px] < MIN_RIM_DISTANCE * d:
-            continue
-        region = _half_maximum_region(contrast, py, px, peak)
-        area = float(region.sum())
-        diameter = 2 * np.sqrt(area / np.pi)
-        if not DISC_DIAMETER[0] * d <= diameter <= DISC_DIAMETER[1] * d or _solidity(region, area) < MIN_SOLIDITY:
-            continue
-        discs.append(Disc(x0 + (px + 0.5) / scale, y0 + (py + 0.5) / scale, diameter / scale, peak, peak / spread))
-    return sorted(discs, key=lambda disc: -disc.contrast)
-
-
-def _half_maximum_region(contrast: np.ndarray, py: int, px: int, peak: float) -> np.ndarray:
-    _, labels = cv2.connectedComponents((contrast >= peak / 2).astype(np.uint8), connectivity=8)
-    return labels == labels[py, px]
-
-
-def _solidity(region: np.ndarray, area: float) -> float:
-    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    hull = cv2.convexHull(np.concatenate(contours))
-    return area / max(cv2.contourArea(hull), 1.0)
+@dataclass
+class Fovea:
+    x: float
+    y: float
+    z: float             # darkness, standard deviations of the centre-surround contrast
+    distance: float      # from the disc centre, in nominal disc diameters
+    angle: float         # degrees below the horizontal through the disc (negative: above)
 
 
 @dataclass
 class AnatomyCheck:
-    """What the heuristics see in one image, and why it is invalid (``reasons``; empty = valid)."""
+    """What the measurement step sees in one image, and why it is invalid (``reasons``; empty = valid)."""
     fov_roundness: float
     quality: float
     quality_grade: str
     optic_discs: int
     discs: list[Disc] = field(default_factory=list)
+    fovea: Fovea | None = None
+    vessel_density: float | None = None
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -135,37 +102,106 @@ class AnatomyCheck:
     @classmethod
     def from_dict(cls, d: dict) -> "AnatomyCheck":
         return cls(d["fov_roundness"], d["quality"], d["quality_grade"], d["optic_discs"],
-                   [Disc(**disc) for disc in d["discs"]], list(d["reasons"]))
+                   [Disc(**x) for x in d["discs"]], Fovea(**d["fovea"]) if d.get("fovea") else None,
+                   d.get("vessel_density"), list(d["reasons"]))
 
 
-def analysis_view(rgb: np.ndarray) -> np.ndarray:
-    """``rgb`` resized (aspect kept) so that its long side is ANALYSIS_SIDE: every image is
-    judged at the same scale, whatever its resolution."""
-    h, w = rgb.shape[:2]
-    scale = ANALYSIS_SIDE / max(h, w)
-    if scale == 1:
-        return rgb
-    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+@dataclass
+class Measurements:
+    """The raw measurements of one square FOV-cropped image, before any threshold."""
+    candidates: list[tuple[float, float, float]]       # (x, y, score), best first
+    confirmed: list[tuple[float, float, float] | None]  # network disc (x, y, diameter) per candidate
+    dd: float                                            # nominal disc diameter, pixels
+    fovea: tuple[float, float, float] | None             # (x, y, z) of the darkest macula-sized spot
+    vessel_density: float
+
+
+def analysis_view(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple[int, int]]:
+    """(square FOV-cropped RGB of ANALYSIS_SIDE, its FOV, input pixels per view pixel, (x, y) offset
+    of the view's origin in the input): every image is judged at the same scale."""
+    image, fov, crop = fundus.preprocess(rgb, ANALYSIS_SIDE)
+    return image, fov, crop.side / ANALYSIS_SIDE, (crop.x0 - crop.pad_x, crop.y0 - crop.pad_y)
+
+
+def measure_view(image: np.ndarray, fov: np.ndarray) -> Measurements:
+    """Disc candidates, their confirmation by the disc/cup network, the fovea and the vessel
+    density of a square FOV-cropped image."""
+    from fundusgen.measure.disccup import segment_disc_cup, shipped_net
+    from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
+    dd = NOMINAL_DISC * 2 * fov_geometry(fov)[2]
+    candidates = disc_candidates(image, fov, CANDIDATES)
+    net = shipped_net()
+    confirmed = []
+    for x, y, _ in candidates:
+        found = segment_disc_cup(net, image, fov, (x, y, dd)) if net is not None else None
+        confirmed.append((found.x, found.y, found.diameter) if found else None)
+    spot = dark_spot(image, fov, candidates[0][:2], dd) if candidates else None
+    vnet = shipped_vessel_net()
+    vessels = network_vessels(vnet, image, fov)[1] if vnet is not None else \
+        disc_measure.classical_vessels(image, fov)[1]
+    return Measurements(candidates, confirmed, dd, spot, float(vessels[fov].mean()))
+
+
+def count_discs(m: Measurements, disc_score_min: float) -> list[Disc]:
+    """The optic discs of the module docstring's rule 2, best first (view pixels)."""
+    discs: list[Disc] = []
+    for (x, y, score), found in zip(m.candidates, m.confirmed):
+        if found is None or found[2] < MIN_CONFIRMED_DIAMETER * m.dd:
+            continue
+        if all(np.hypot(found[0] - d.x, found[1] - d.y) > SAME_DISC * m.dd for d in discs):
+            discs.append(Disc(found[0], found[1], found[2], score, True))
+    if not discs and m.candidates and m.candidates[0][2] >= disc_score_min:
+        x, y, score = m.candidates[0]
+        discs.append(Disc(x, y, m.dd, score, False))
+    return discs
+
+
+def fovea_geometry(m: Measurements, disc: Disc) -> Fovea | None:
+    if m.fovea is None:
+        return None
+    fx, fy, z = m.fovea
+    return Fovea(fx, fy, z, float(np.hypot(fx - disc.x, fy - disc.y) / m.dd),
+                 float(np.degrees(np.arctan2(fy - disc.y, abs(fx - disc.x)))))
 
 
 def check_image(rgb: np.ndarray) -> AnatomyCheck:
-    """Field of view, quality and optic disc count of one uint8 RGB image."""
-    view = analysis_view(rgb)
-    fov = detect_fov(view)
-    roundness = fov_roundness(fov) if fov.any() else 0.0
-    quality = assess(view, fov)
-    discs = find_optic_discs(view, fov)
+    """Field of view, quality, optic discs, fovea and vessel tree of one uint8 RGB image."""
+    t = calibration()
+    full_fov = detect_fov(rgb)
+    roundness = fov_roundness(full_fov) if full_fov.any() else 0.0
     reasons = []
-    if quality.reason:  # not a fundus (which includes a field of view that is not round), too dark, unusable
-        reasons.append(quality.reason)
+    if not full_fov.any():
+        q = assess(rgb, full_fov)
+        return AnatomyCheck(0.0, q.score, q.grade.value, 0, reasons=[q.reason or "no field of view found"])
+    image, fov, scale, (ox, oy) = analysis_view(rgb)
+    q = assess(image, fov)
+    if q.reason:  # not a fundus (which includes a field of view that is not round), too dark, unusable
+        reasons.append(q.reason)
     elif roundness < MIN_ROUNDNESS:
         reasons.append(f"field of view is not a clean circle (roundness {roundness:.2f} < {MIN_ROUNDNESS})")
+    m = measure_view(image, fov)
+    discs = count_discs(m, t["disc_score_min"])
     if len(discs) != 1:
         reasons.append("no optic disc found" if not discs else f"{len(discs)} optic discs")
-    s = rgb.shape[1] / view.shape[1]
-    discs = [Disc(d.x * s, d.y * s, d.diameter * s, d.contrast, d.z) for d in discs]
-    return AnatomyCheck(round(roundness, 4), quality.score, quality.grade.value, len(discs), discs, reasons)
+    fovea = fovea_geometry(m, discs[0]) if discs else None
+    if discs:
+        if fovea is None or fovea.z < t["fovea_z_min"]:
+            reasons.append("no fovea found")
+        else:
+            lo, hi = t["fovea_distance"]
+            if not lo <= fovea.distance <= hi:
+                reasons.append(f"fovea {fovea.distance:.1f} disc diameters from the disc (real {lo:.1f}-{hi:.1f})")
+            lo, hi = t["fovea_angle"]
+            if not lo <= fovea.angle <= hi:
+                reasons.append(f"fovea at {fovea.angle:.0f} degrees from the disc's horizontal (real {lo:.0f} to {hi:.0f})")
+    if m.vessel_density < t["vessel_density_min"]:
+        reasons.append(f"no vessel tree (vessel density {m.vessel_density:.3f} < {t['vessel_density_min']:.3f})")
+    to_input = lambda x, y: (ox + x * scale, oy + y * scale)  # noqa: E731
+    discs = [Disc(*to_input(d.x, d.y), d.diameter * scale, round(d.score, 3), d.confirmed) for d in discs]
+    if fovea is not None:
+        fovea = Fovea(*to_input(fovea.x, fovea.y), round(fovea.z, 3), round(fovea.distance, 3), round(fovea.angle, 2))
+    return AnatomyCheck(round(roundness, 4), q.score, q.grade.value, len(discs), discs, fovea,
+                        round(m.vessel_density, 4), reasons)
 
 
 def summarise(checks: list[AnatomyCheck]) -> dict:
@@ -174,9 +210,11 @@ def summarise(checks: list[AnatomyCheck]) -> dict:
     if n == 0:
         return {"n": 0}
     roundness = np.array([c.fov_roundness for c in checks])
-    quality = np.array([c.quality for c in checks])
+    quality_scores = np.array([c.quality for c in checks])
     discs = np.array([c.optic_discs for c in checks])
+    density = np.array([c.vessel_density if c.vessel_density is not None else 0.0 for c in checks])
     quantiles = (0.05, 0.25, 0.5, 0.75, 0.95)
+    has = lambda word: float(np.mean([any(word in r for r in c.reasons) for c in checks]))  # noqa: E731
     return {
         "n": n,
         "valid_share": float(np.mean([c.valid for c in checks])),
@@ -184,15 +222,100 @@ def summarise(checks: list[AnatomyCheck]) -> dict:
         "one_disc_share": float(np.mean(discs == 1)),
         "disc_count_shares": {**{str(k): float(np.mean(discs == k)) for k in (0, 1, 2)},
                               "3+": float(np.mean(discs >= 3))},
+        "confirmed_disc_share": float(np.mean([bool(c.discs) and c.discs[0].confirmed for c in checks])),
+        "fovea_share": float(np.mean([c.optic_discs == 1 and not any("fovea" in r for r in c.reasons)
+                                      for c in checks])),
+        "vessel_tree_share": 1.0 - has("no vessel tree"),
         "fov_roundness_quantiles": {f"q{q:g}": float(np.quantile(roundness, q)) for q in quantiles},
-        "quality_quantiles": {f"q{q:g}": float(np.quantile(quality, q)) for q in quantiles},
+        "quality_quantiles": {f"q{q:g}": float(np.quantile(quality_scores, q)) for q in quantiles},
+        "vessel_density_quantiles": {f"q{q:g}": float(np.quantile(density, q)) for q in quantiles},
         "quality_grade_shares": {g: float(np.mean([c.quality_grade == g for c in checks]))
                                  for g in ("good", "usable", "reject")},
     }
 
 
 def version() -> str:
-    """Part of every cache key of these checks: a digest of the code they run, so that changing a
-    heuristic or one of its constants recomputes them."""
-    code = b"".join(Path(m.__file__).read_bytes() for m in (fundus, quality)) + Path(__file__).read_bytes()
+    """Part of every cache key of these checks: a digest of the code, calibration and measurement
+    weights they use, so that changing any of them recomputes them."""
+    from fundusgen.measure.attributes import weights_id
+    code = b"".join(Path(m.__file__).read_bytes() for m in (fundus, quality, disc_measure))
+    code += Path(__file__).read_bytes() + CALIBRATION_FILE.read_bytes() + weights_id().encode()
     return hashlib.sha1(code).hexdigest()[:16]
+
+
+# --- calibration on real photographs ---------------------------------------------------------------
+
+def fit_thresholds(rows: list[Measurements]) -> dict:
+    """The thresholds of ``check_image`` from the measurements of real photographs: each is the
+    REAL_QUANTILES quantile of its measurement. The disc score's is taken over the discs the network
+    confirms: a candidate it does not confirm still counts when it is as disc-like as nearly every
+    confirmed disc."""
+    lo, hi = REAL_QUANTILES
+    q = lambda a, p: round(float(np.quantile(np.asarray(a, float), p)), 4)  # noqa: E731
+    confirmed = [m.candidates[0][2] for m in rows if m.candidates and m.confirmed[0] is not None]
+    disc_score_min = q(confirmed, lo) if confirmed else 0.0
+    geometry = []
+    for m in rows:
+        discs = count_discs(m, disc_score_min)
+        if len(discs) == 1 and (f := fovea_geometry(m, discs[0])) is not None:
+            geometry.append(f)
+    zs = [f.z for f in geometry]
+    z_min = q(zs, lo)
+    kept = [f for f in geometry if f.z >= z_min]
+    return {
+        "disc_score_min": disc_score_min,
+        "fovea_z_min": z_min,
+        "fovea_distance": [q([f.distance for f in kept], lo), q([f.distance for f in kept], hi)],
+        "fovea_angle": [q([f.angle for f in kept], lo), q([f.angle for f in kept], hi)],
+        "vessel_density_min": q([m.vessel_density for m in rows], lo),
+    }
+
+
+def calibrate(prepared: str | Path, split: str = "train", limit: int = 600, seed: int = 0,
+              out: Path = CALIBRATION_FILE, progress: bool = True) -> dict:
+    """Measure ``limit`` random photographs of ``split`` in a prepared folder and write the
+    thresholds (with how they were made) to ``out``, atomically."""
+    import random
+
+    from tqdm import tqdm
+
+    from fundusgen.data.shards import atomic_write_text, iter_samples
+    keys = [s["key"] for s in iter_samples(prepared)  # gradable photographs: what a generator is asked for
+            if s["meta"].get("split") == split and s["meta"].get("quality", {}).get("grade") == "good"]
+    chosen = set(random.Random(seed).sample(keys, min(limit, len(keys))))
+    rows = []
+    bar = tqdm(total=len(chosen), desc="anatomy calibration", disable=not progress)
+    for s in iter_samples(prepared):
+        if s["key"] in chosen:
+            image, fov, _, _ = analysis_view(s["image"])
+            rows.append(measure_view(image, fov))
+            bar.update()
+    bar.close()
+    thresholds = fit_thresholds(rows)
+    record = {"thresholds": thresholds,
+              "made_by": f"python -m fundusgen.eval.anatomy calibrate {prepared} --split {split} --limit {limit} "
+                         f"--seed {seed}",
+              "photographs": len(rows), "real_quantiles": list(REAL_QUANTILES), "side": ANALYSIS_SIDE}
+    atomic_write_text(Path(out), json.dumps(record, indent=2) + "\n")
+    calibration.cache_clear()
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fit the anatomy check's thresholds on real photographs of a prepared folder."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m fundusgen.eval.anatomy", description=main.__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("calibrate", help="measure real photographs and write anatomy_calibration.json")
+    c.add_argument("prepared", help="a prepared folder (fundusgen prepare)")
+    c.add_argument("--split", default="train")
+    c.add_argument("--limit", type=int, default=600)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", type=Path, default=CALIBRATION_FILE)
+    args = p.parse_args(argv)
+    print(json.dumps(calibrate(args.prepared, args.split, args.limit, args.seed, args.out), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -137,9 +137,21 @@ def convergence(cos2: np.ndarray, sin2: np.ndarray, mask: np.ndarray, dd: float)
     return agree / (corr(mask.astype(np.float32), ring) + 0.05 * ring.sum())
 
 
-def find_disc(rgb: np.ndarray, fov: np.ndarray, response: np.ndarray, vessels: np.ndarray,
-              orientation: tuple[np.ndarray, np.ndarray]) -> tuple[int, int]:
-    """(x, y) of the optic disc centre on a working-size image."""
+def working_copy(rgb: np.ndarray, fov: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(rgb, fov, scale) at WORK_SIDE px; scale multiplies working pixels into measured ones."""
+    side = rgb.shape[1]
+    if side <= WORK_SIDE:
+        return rgb, fov, 1.0
+    size = (WORK_SIDE, round(rgb.shape[0] * WORK_SIDE / side))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return small, cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0, side / WORK_SIDE
+
+
+def disc_score_map(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray,
+                   orientation: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """(score, where it is searched, nominal disc diameter) on a working-size image:
+    score = z(brightness blob) + CONVERGENCE_WEIGHT z(vessel convergence), searched at least
+    RIM_MARGIN nominal diameters inside the FOV edge."""
     _, _, radius = fov_geometry(fov)
     dd = NOMINAL_DISC * 2 * radius
     light = relative_brightness(rgb, fov, dd)
@@ -148,8 +160,32 @@ def find_disc(rgb: np.ndarray, fov: np.ndarray, response: np.ndarray, vessels: n
     if inner.sum() < 10:
         inner = fov
     score = _z(blob, inner) + CONVERGENCE_WEIGHT * _z(convergence(*orientation, vessels, dd), inner)
+    return score, inner, dd
+
+
+def find_disc(rgb: np.ndarray, fov: np.ndarray, response: np.ndarray, vessels: np.ndarray,
+              orientation: tuple[np.ndarray, np.ndarray]) -> tuple[int, int]:
+    """(x, y) of the optic disc centre on a working-size image."""
+    score, inner, _ = disc_score_map(rgb, fov, vessels, orientation)
     y, x = np.unravel_index(int(np.argmax(np.where(inner, score, -np.inf))), score.shape)
     return int(x), int(y)
+
+
+def disc_candidates(rgb: np.ndarray, fov: np.ndarray, n: int = 3,
+                    separation: float = 2.0) -> list[tuple[float, float, float]]:
+    """The ``n`` best disc candidates, (x, y, score) in ``rgb``'s pixels, best first: local maxima
+    of ``disc_score_map`` at least ``separation`` nominal disc diameters apart. The first is the
+    disc that ``anatomy`` finds; the others are what a second disc would look like."""
+    from skimage.feature import peak_local_max
+    if fov.sum() < 100:
+        return []
+    small, sfov, scale = working_copy(rgb, fov)
+    response, vessels = classical_vessels(small, sfov)
+    score, inner, dd = disc_score_map(small, sfov, vessels, vessel_orientation(response, vessels))
+    floor = float(score[inner].min())
+    peaks = peak_local_max(np.where(inner, score, floor), min_distance=max(1, int(separation * dd)),
+                           num_peaks=n, exclude_border=False)
+    return [(float(x) * scale, float(y) * scale, float(score[y, x])) for y, x in peaks if inner[y, x]]
 
 
 def arcade_orientation(response: np.ndarray, fov: np.ndarray, sin2: np.ndarray) -> float:
@@ -206,16 +242,6 @@ def find_fovea(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float
     return float(fx), float(fy)
 
 
-def working_copy(rgb: np.ndarray, fov: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(rgb, fov, scale) at WORK_SIDE px; scale multiplies working pixels into measured ones."""
-    side = rgb.shape[1]
-    if side <= WORK_SIDE:
-        return rgb, fov, 1.0
-    size = (WORK_SIDE, round(rgb.shape[0] * WORK_SIDE / side))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    return small, cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0, side / WORK_SIDE
-
-
 def anatomy(rgb: np.ndarray, fov: np.ndarray) -> Anatomy:
     small, sfov, scale = working_copy(rgb, fov)
     response, vessels = classical_vessels(small, sfov)
@@ -230,6 +256,29 @@ def anatomy(rgb: np.ndarray, fov: np.ndarray) -> Anatomy:
     fovea = find_fovea(small, sfov, (x, y, dd / scale), eye)
     return Anatomy(dx, dy, dd, float(dd / (2 * full_radius)),
                    fovea[0] * scale if fovea else None, fovea[1] * scale if fovea else None, eye, confidence)
+
+
+def dark_spot(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float], dd: float,
+              distance: tuple[float, float] = (1.2, 4.0), height: float = 1.5) -> tuple[float, float, float] | None:
+    """The darkest macula-sized spot ``distance`` disc diameters from the disc, on either side and
+    within ``height`` diameters of its height: (x, y, z), z its darkness in standard deviations
+    of the centre-surround contrast over the FOV. Unlike ``find_fovea`` it does not assume the
+    eye, so that an image whose fovea lies on the wrong side of its disc can be told apart.
+    Contrast: the green channel over its local background, smoothed at 0.3 diameters minus at
+    one diameter (the macula's dark centre against the retina around it)."""
+    x0, y0 = disc
+    green = rgb[..., 1].astype(np.float32)
+    rel = green / np.maximum(smooth_inside(green, fov, BACKGROUND_SCALE * dd), 1.0)
+    contrast = smooth_inside(rel, fov, 0.3 * dd) - smooth_inside(rel, fov, 1.0 * dd)
+    yy, xx = np.ogrid[:fov.shape[0], :fov.shape[1]]
+    inner = cv2.erode(fov.astype(np.uint8), np.ones((int(dd) | 1, int(dd) | 1), np.uint8),
+                      borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    r = np.hypot(xx - x0, yy - y0) / dd
+    window = inner & (r > distance[0]) & (r < distance[1]) & (np.abs(yy - y0) < height * dd)
+    if window.sum() < 10:
+        return None
+    fy, fx = np.unravel_index(int(np.argmin(np.where(window, contrast, np.inf))), contrast.shape)
+    return float(fx), float(fy), float(-contrast[fy, fx] / (contrast[fov].std() + 1e-6))
 
 
 def regions(shape: tuple[int, int], fov: np.ndarray, a: Anatomy) -> dict[str, np.ndarray]:
