@@ -63,8 +63,9 @@ class Anatomy:
     disc_ratio: float      # disc diameter over FOV diameter
     fovea_x: float | None
     fovea_y: float | None
-    eye: str | None        # laterality from the disc position and the vessel arcades
+    eye: str | None        # laterality: the shipped network, or the disc position and the vessel arcades
     eye_confidence: float  # tanh(|score| / 2): 0 no evidence .. 1 certain
+    eye_method: str = "classical"  # "network" or "classical"
 
     def to_json(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -216,20 +217,42 @@ def working_copy(rgb: np.ndarray, fov: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return small, cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0, side / WORK_SIDE
 
 
-def anatomy(rgb: np.ndarray, fov: np.ndarray) -> Anatomy:
+LATERALITY_METHODS = ("auto", "network", "classical")
+
+
+def anatomy(rgb: np.ndarray, fov: np.ndarray, laterality_method: str = "auto") -> Anatomy:
+    """Disc, fovea and eye of a square FOV-cropped image. The eye comes from the shipped laterality
+    network (``fundusgen.measure.laterality``) when ``laterality_method`` is 'network', or 'auto'
+    and its weights are present; otherwise from the classical cues. The fovea is searched on the
+    temporal side of the eye so found."""
+    if laterality_method not in LATERALITY_METHODS:
+        raise ValueError(f"laterality method {laterality_method!r}: expected one of {LATERALITY_METHODS}")
     small, sfov, scale = working_copy(rgb, fov)
     response, vessels = classical_vessels(small, sfov)
     cos2, sin2 = vessel_orientation(response, vessels)
     x, y = find_disc(small, sfov, response, vessels, (cos2, sin2))
     cx, cy, radius = fov_geometry(sfov)
-    eye, confidence = laterality((x - cx) / radius, arcade_orientation(response, sfov, sin2))
+    net = None
+    if laterality_method != "classical":
+        from fundusgen.measure.laterality import shipped_laterality_net
+        net = shipped_laterality_net()
+        if net is None and laterality_method == "network":
+            from fundusgen.errors import FundusgenError
+            raise FundusgenError("laterality network: its weights are not installed")
+    if net is not None:
+        from fundusgen.measure.laterality import network_laterality
+        (eye, confidence), eye_method = network_laterality(net, small, sfov, response), "network"
+    else:
+        eye, confidence = laterality((x - cx) / radius, arcade_orientation(response, sfov, sin2))
+        eye_method = "classical"
     _, _, full_radius = fov_geometry(fov)
     dx, dy = min(x * scale, rgb.shape[1] - 1), min(y * scale, rgb.shape[0] - 1)
     gray = rgb.astype(np.float32).mean(-1)
     dd = disc_diameter(gray, fov, int(dx), int(dy), NOMINAL_DISC * 2 * full_radius)
     fovea = find_fovea(small, sfov, (x, y, dd / scale), eye)
     return Anatomy(dx, dy, dd, float(dd / (2 * full_radius)),
-                   fovea[0] * scale if fovea else None, fovea[1] * scale if fovea else None, eye, confidence)
+                   fovea[0] * scale if fovea else None, fovea[1] * scale if fovea else None, eye, confidence,
+                   eye_method)
 
 
 def regions(shape: tuple[int, int], fov: np.ndarray, a: Anatomy) -> dict[str, np.ndarray]:
