@@ -79,13 +79,14 @@ def _decode(sample: dict) -> dict:
     return out
 
 
-def iter_samples(folder: str | Path, split: str | None = None) -> Iterator[dict]:
-    """Decoded samples (image uint8 RGB, masks bool, meta dict) from a prepared folder, in order."""
+def iter_samples(folder: str | Path, split: str | None = None, keep=None) -> Iterator[dict]:
+    """Decoded samples (image uint8 RGB, masks bool, meta dict) from a prepared folder, in order;
+    ``keep(meta) -> bool``, when given, skips the others before their images are decoded."""
     tars = sorted(str(p) for p in (Path(folder) / "shards").glob("*.tar"))
     for tar in tars:
         for sample in wds.WebDataset(tar, shardshuffle=False, empty_check=False):
-            if split is not None:
+            if split is not None or keep is not None:
                 meta = json.loads(sample["json"])
-                if meta["split"] != split:
+                if (split is not None and meta["split"] != split) or (keep is not None and not keep(meta)):
                     continue
             yield _decode(sample)

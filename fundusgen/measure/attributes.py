@@ -11,11 +11,12 @@ import numpy as np
 from fundusgen.data.quality import assess
 from fundusgen.measure.disc import anatomy, disc_start, fov_geometry, regions
 from fundusgen.measure.disccup import SHIPPED as DISC_CUP_SHIPPED, segment_disc_cup, shipped_net
+from fundusgen.measure.laterality import SHIPPED as LATERALITY_SHIPPED
 from fundusgen.measure.lesions import haze, lesion_cues
 from fundusgen.measure.vessels import SHIPPED as VESSELS_SHIPPED
 from fundusgen.measure.vessels import classical_vessels, network_vessels, regional_morphology, shipped_vessel_net
 
-VERSION = 3  # bump when a measurement changes, so stored measurements are redone
+VERSION = 4  # bump when a measurement changes, so stored measurements are redone
 VESSEL_METHODS = ("auto", "network", "classical")
 
 
@@ -40,7 +41,7 @@ def weights_id() -> str:
     """A digest of the shipped measurement networks' weights and calibrated thresholds: part of
     every stored measurement's fingerprint, so that new weights redo what the old ones measured."""
     h = hashlib.sha1()
-    for folder in (VESSELS_SHIPPED, DISC_CUP_SHIPPED):
+    for folder in (VESSELS_SHIPPED, DISC_CUP_SHIPPED, LATERALITY_SHIPPED):
         for name in ("model.safetensors", "config.json"):
             path = folder / name
             h.update(path.read_bytes() if path.is_file() else b"absent")
@@ -66,8 +67,8 @@ def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = Non
     """Attributes of a square RGB fundus image (uint8) with its FOV mask (bool).
 
     ``vessels`` may be given (a manual mask); otherwise ``vessel_method`` makes one (vessel_mask).
-    Disc, fovea and eye come from ``anatomy`` (relative brightness, vessel convergence and the
-    arcades, on a working-size copy); the shipped disc/cup network then refines the disc, started
+    Disc, fovea and eye come from ``anatomy`` (relative brightness, vessel convergence, and the
+    shipped laterality network or else the arcades, on a working-size copy); the shipped disc/cup network then refines the disc, started
     there, and gives the vertical cup-to-disc ratio. Where its weights are absent or it finds no
     disc, the classical disc stands and the CDR is unknown (None).
     Positions are fractions of the image side, so they do not depend on the resolution.
@@ -92,7 +93,7 @@ def measure(image: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None = Non
                  "diameter": round(a.disc_diameter / side, 4), "ratio": round(a.disc_ratio, 4),
                  "cdr": round(found.cdr, 4) if found else None, "method": "network" if found else "classical"},
         "fovea": None if a.fovea_x is None else {"x": round(a.fovea_x / side, 4), "y": round(a.fovea_y / side, 4)},
-        "eye": a.eye, "eye_confidence": round(a.eye_confidence, 4),
+        "eye": a.eye, "eye_confidence": round(a.eye_confidence, 4), "eye_method": a.eye_method,
         "vessels": regional_morphology(vessels, fov, regions(fov.shape, fov, a)),
         "vessel_method": method,
         "lesions": lesion_cues(image, fov, vessels, a),

@@ -5,8 +5,9 @@
   255 agreement), relative error of the diameter against the disc's equivalent diameter; CSDI
   (cataract photos whose disc the experts marked visible): centre inside the experts' disc box;
 - laterality: every image of the Mexican set (eye in the file name) and the 10-class set (_L/_R)
-  (``--per-set N`` for a seeded sample), accuracy over all images and, at confidence levels, the
-  share of images answered that confidently (coverage) and their accuracy;
+  (``--per-set N`` for a seeded sample), for the shipped network and the classical cues: accuracy
+  on the held-out test and val splits, the train split and all images and, at confidence levels,
+  the share of images answered that confidently (coverage) and their accuracy;
 - haze: Spearman rank correlation with CSDI's expert cataract severity score (0-10).
 
 Run: ``python -m fundusgen.measure.validate DATA_ROOT [--only laterality] [--out report.json]``.
@@ -28,7 +29,6 @@ from fundusgen.measure.disc import anatomy
 from fundusgen.measure.vessels import classical_vessels, evaluate_on_records
 
 SIZE = 512
-EYE_CONFIDENCE_LEVELS = (0.5, 0.9, 0.95)
 
 
 def _prepared(record):
@@ -74,30 +74,32 @@ def validate_disc_boxes(root: Path) -> dict:
 
 
 def validate_laterality(root: Path, per_set: int | None = None, seed: int = 0) -> dict:
+    """Per set: the shipped laterality network (when its weights are present) and the classical
+    cues, each by split (test and val are held out from the network's training; the splits are
+    the patient-level ones `fundusgen prepare` assigns) and over all photos."""
+    from fundusgen.data.splits import assign_split
+    from fundusgen.measure.laterality import by_split, shipped_laterality_net
+    methods = ("network", "classical") if shipped_laterality_net() is not None else ("classical",)
     out = {}
     for name in ("mex_dme_dr", "srahim_dr"):
         records = [r for r in read_source(name, root / name) if r.eye is not None]
         if per_set:
             records = random.Random(seed).sample(records, min(per_set, len(records)))
-        rows = []
+        rows = {m: [] for m in methods}
         for r in tqdm(records, desc=f"laterality ({name})"):
             try:
                 _, image, fov, _ = _prepared(r)
             except ImageError:
                 continue
-            a = anatomy(image, fov)
-            rows.append((r.id, a.eye == r.eye.value, a.eye_confidence))
-        ok = np.array([hit for _, hit, _ in rows])
-        conf = np.array([c for _, _, c in rows])
-        levels = {}
-        for level in EYE_CONFIDENCE_LEVELS:
-            sure = conf >= level
-            levels[str(level)] = {"coverage": round(float(sure.mean()), 4),
-                                  "accuracy": round(float(ok[sure].mean()), 4) if sure.any() else None}
-        out[name] = {"images": len(rows), "accuracy": round(float(ok.mean()), 4), "errors": int((~ok).sum()),
-                     "when_confident": levels,
-                     # the surest disagreements are where to look for labels that are wrong
-                     "surest_errors": [i for i, hit, c in sorted(rows, key=lambda t: -t[2]) if not hit][:20]}
+            for m in methods:
+                a = anatomy(image, fov, laterality_method=m)
+                rows[m].append((r.id, a.eye == r.eye.value, a.eye_confidence, assign_split(r)))
+        out[name] = {}
+        for m, got in rows.items():
+            report = by_split([hit for _, hit, _, _ in got], [c for _, _, c, _ in got], [s for *_, s in got])
+            # the surest disagreements are where to look for labels that are wrong
+            report["surest_errors"] = [i for i, hit, c, _ in sorted(got, key=lambda t: -t[2]) if not hit][:20]
+            out[name][m] = report
     return out
 
 

@@ -285,9 +285,10 @@ def dice_bce(logits, target):
 
 
 def fit_segmentation(model, draw_batch, cfg, out: Path, *, desc: str, progress: bool = True,
-                     images_per_step: int = 0):
-    """The training loop of the project's segmentation U-Nets (vessels, disc/cup): AdamW, cosine
-    decay, BCE + Dice; ``draw_batch(g)`` gives (x, y) from the step's generator, so that a run
+                     images_per_step: int = 0, loss_fn=None):
+    """The training loop of the project's measurement networks (vessel and disc/cup U-Nets, the
+    laterality net): AdamW, cosine decay, ``loss_fn(output, y)`` (default BCE + Dice, ``dice_bce``);
+    ``draw_batch(g)`` gives (x, y) from the step's generator, so that a run
     resumed from ``out/checkpoint.pt`` after a kill draws exactly what an uninterrupted one would.
     ``cfg`` has steps, lr, seed and checkpoint_every. The progress bar counts steps, or images when
     ``images_per_step`` is given. Returns the trained model (on the CPU, unwrapped)."""
@@ -315,7 +316,7 @@ def fit_segmentation(model, draw_batch, cfg, out: Path, *, desc: str, progress: 
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        loss = dice_bce(model(x.to(accelerator.device)), y.to(accelerator.device))
+        loss = (loss_fn or dice_bce)(model(x.to(accelerator.device)), y.to(accelerator.device))
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -493,9 +494,11 @@ def network_vessels(net, rgb: np.ndarray, fov: np.ndarray, threshold: float | No
 
 def add_training_arguments(parser, config_cls) -> None:
     """--steps, --batch-size, --crop, --channels, --depth, --seed, --checkpoint-every and --lr options
-    with the defaults of a segmentation-training config dataclass (vessels, disc/cup)."""
+    with the defaults of a training config dataclass (vessels, disc/cup, laterality); those the
+    dataclass lacks are left out."""
     for name in ("steps", "batch_size", "crop", "channels", "depth", "seed", "checkpoint_every"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(config_cls, name))
+        if name in config_cls.__dataclass_fields__:
+            parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(config_cls, name))
     parser.add_argument("--lr", type=float, default=config_cls.lr)
 
 
