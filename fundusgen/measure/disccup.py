@@ -320,22 +320,16 @@ def evaluate(net, examples: list[Example], progress: bool = False) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Train the disc/cup network on Drishti-GS1, or evaluate one on its test set."""
-    import argparse
     import sys
 
-    from fundusgen.measure.vessels import add_training_arguments
-    p = argparse.ArgumentParser(prog="python -m fundusgen.measure.disccup", description=main.__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train on the 50 Drishti-GS1 training images")
-    t.add_argument("--data", required=True, help="Drishti-GS1 root (holding data/Training)")
-    t.add_argument("--out", required=True, help="model folder to write")
-    add_training_arguments(t, DiscCupTrainConfig)
-    e = sub.add_parser("evaluate", help="disc/cup Dice and CDR error on the 51 Drishti-GS1 test images")
+    from fundusgen.measure.vessels import model_cli
+    p, t, e = model_cli("python -m fundusgen.measure.disccup", main.__doc__, DiscCupTrainConfig,
+                        train_help="train on the 50 Drishti-GS1 training images",
+                        data_help="Drishti-GS1 root (holding data/Training)",
+                        evaluate_help="disc/cup Dice and CDR error on the 51 Drishti-GS1 test images")
     e.add_argument("data", help="Drishti-GS1 root (holding data/Test)")
     e.add_argument("--model", default=str(SHIPPED), help="model folder (default: the shipped weights)")
     e.add_argument("--per-image", action="store_true", help="also print every image's scores")
-    for q in (t, e):  # small convolutions gain little from more threads, and lose much on a busy machine
-        q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = p.parse_args(argv)
     _torch().set_num_threads(args.threads)
     try:

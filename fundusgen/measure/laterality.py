@@ -323,23 +323,17 @@ def evaluate(folder: str | Path, net=None, datasets=EVAL_DATASETS, progress: boo
 
 def main(argv: list[str] | None = None) -> int:
     """Train the laterality network, or evaluate it and the classical cues per dataset and split."""
-    import argparse
     import sys
 
-    from fundusgen.measure.vessels import add_training_arguments
-    p = argparse.ArgumentParser(prog="python -m fundusgen.measure.laterality", description=main.__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train on the train split of the Mexican, 10-class and CHASE_DB1 photos")
-    t.add_argument("--data", required=True, help="prepared folder (fundusgen prepare)")
-    t.add_argument("--out", required=True, help="model folder to write")
-    add_training_arguments(t, LateralityTrainConfig)
-    e = sub.add_parser("evaluate", help="accuracy and coverage per dataset and split, network and classical")
+    from fundusgen.measure.vessels import model_cli
+    p, t, e = model_cli("python -m fundusgen.measure.laterality", main.__doc__, LateralityTrainConfig,
+                        train_help="train on the train split of the Mexican, 10-class and CHASE_DB1 photos",
+                        data_help="prepared folder (fundusgen prepare)",
+                        evaluate_help="accuracy and coverage per dataset and split, network and classical")
     e.add_argument("--data", required=True, help="prepared folder (fundusgen prepare)")
     e.add_argument("--model", default=str(SHIPPED), help="model folder (default: the shipped weights)")
     e.add_argument("--classical-only", action="store_true", help="evaluate the classical cues only")
     e.add_argument("--out", type=Path, help="also write the report as JSON here")
-    for q in (t, e):  # small convolutions gain little from more threads, and lose much on a busy machine
-        q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = p.parse_args(argv)
     _torch().set_num_threads(args.threads)
     try:

@@ -502,6 +502,23 @@ def add_training_arguments(parser, config_cls) -> None:
     parser.add_argument("--lr", type=float, default=config_cls.lr)
 
 
+def model_cli(prog: str, description: str, config_cls, *, train_help: str, data_help: str, evaluate_help: str):
+    """(parser, train subparser, evaluate subparser) of a measurement network's command line: ``train``
+    with --data, --out and the config's training options; both with --threads (parse, then call
+    ``torch.set_num_threads(args.threads)``)."""
+    import argparse
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help=train_help)
+    t.add_argument("--data", required=True, help=data_help)
+    t.add_argument("--out", required=True, help="model folder to write")
+    add_training_arguments(t, config_cls)
+    e = sub.add_parser("evaluate", help=evaluate_help)
+    for q in (t, e):  # small convolutions gain little from more threads, and lose much on a busy machine
+        q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    return p, t, e
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the vessel network, or evaluate a method on the DRIVE and CHASE_DB1 test sets."""
     import argparse
