@@ -159,19 +159,10 @@ def build_net(channels: int = 12, depth: int = 4, crop: int = 128):
 
 def load_disc_cup_net(folder: str | Path):
     """A trained network from a model folder (config.json + model.safetensors), fp32, in eval mode."""
-    from safetensors.torch import load_file
-    folder = Path(folder)
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise FundusgenError(f"{folder}: no readable config.json ({e})") from None
-    if cfg.get("kind") != KIND:
-        raise FundusgenError(f"{folder}: a {cfg.get('kind')!r} model, not a disc/cup network ({KIND!r})")
-    if not (folder / "model.safetensors").is_file():
-        raise FundusgenError(f"{folder}: no model.safetensors beside config.json")
+    from fundusgen.measure.vessels import read_model_folder
+    cfg, state = read_model_folder(folder, KIND, "disc/cup network")
     net = build_net(cfg["channels"], cfg["depth"], cfg["crop"])
-    state = load_file(str(folder / "model.safetensors"))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net.load_state_dict(state)
     return net.eval()
 
 

@@ -113,21 +113,12 @@ def build_laterality_net(channels: int = 16, inputs: int = 4):
 
 def load_laterality_net(folder: str | Path):
     """A trained network from a model folder (config.json + model.safetensors), fp32, in eval mode."""
-    from safetensors.torch import load_file
-    folder = Path(folder)
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise FundusgenError(f"{folder}: no readable config.json ({e})") from None
-    if cfg.get("kind") != KIND:
-        raise FundusgenError(f"{folder}: a {cfg.get('kind')!r} model, not a laterality network ({KIND!r})")
+    from fundusgen.measure.vessels import read_model_folder
+    cfg, state = read_model_folder(folder, KIND, "laterality network")
     if cfg.get("input", INPUT) != INPUT:
         raise FundusgenError(f"{folder}: trained on {cfg['input']} px inputs, this code makes {INPUT} px")
-    if not (folder / "model.safetensors").is_file():
-        raise FundusgenError(f"{folder}: no model.safetensors beside config.json")
     net = build_laterality_net(cfg["channels"], cfg.get("inputs", 4))
-    state = load_file(str(folder / "model.safetensors"))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net.load_state_dict(state)
     return net.eval()
 
 

@@ -379,23 +379,32 @@ def _batch(images, batch_size: int, crop: int, g):
     return torch.stack(xs), torch.stack(ys)
 
 
-def load_vessel_net(folder: str | Path, inference: bool = True):
-    """A trained U-Net from a model folder (config.json + model.safetensors), in eval mode.
-
-    ``inference=True`` returns it ready for fast CPU inference (``for_inference``); ``False`` keeps
-    the trainable layout (batch norms separate), for fine-tuning."""
+def read_model_folder(folder: str | Path, kind: str, what: str) -> tuple[dict, dict]:
+    """(config, float32 state dict) of a measurement network's model folder (config.json +
+    model.safetensors), after checking that it holds a ``kind`` model; ``what`` names it in errors."""
     from safetensors.torch import load_file
     from fundusgen.errors import FundusgenError
     folder = Path(folder)
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise FundusgenError(f"{folder}: not a vessel model folder ({e})") from None
-    if cfg.get("kind") != "vessel-unet":
-        raise FundusgenError(f"{folder}: not a vessel model folder (kind {cfg.get('kind')!r})")
-    net = build_unet(cfg["channels"], cfg["depth"])
+        raise FundusgenError(f"{folder}: no readable config.json ({e})") from None
+    if cfg.get("kind") != kind:
+        raise FundusgenError(f"{folder}: a {cfg.get('kind')!r} model, not a {what} ({kind!r})")
+    if not (folder / "model.safetensors").is_file():
+        raise FundusgenError(f"{folder}: no model.safetensors beside config.json")
     state = load_file(str(folder / "model.safetensors"))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return cfg, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_vessel_net(folder: str | Path, inference: bool = True):
+    """A trained U-Net from a model folder (config.json + model.safetensors), in eval mode.
+
+    ``inference=True`` returns it ready for fast CPU inference (``for_inference``); ``False`` keeps
+    the trainable layout (batch norms separate), for fine-tuning."""
+    cfg, state = read_model_folder(folder, "vessel-unet", "vessel model folder")
+    net = build_unet(cfg["channels"], cfg["depth"])
+    net.load_state_dict(state)
     net.config["threshold"] = float(cfg.get("threshold", 0.5))
     return for_inference(net.eval()) if inference else net.eval()
 
