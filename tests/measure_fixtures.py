@@ -82,3 +82,22 @@ def write_drishti(root: Path, n_train: int = 4, n_test: int = 2, seed: int = 0) 
             Image.fromarray(soft).save(gt / "SoftMap" / f"{name}_{kind}segSoftmap.png")
         (gt / f"{name}_cdrValues.txt").write_text(" ".join(f"{ratio + rng.normal(0, 0.02):.2f}" for _ in range(4)))
     return root
+
+
+def train_killed_then_resumed(train, monkeypatch):
+    """Run ``train()`` killed right after its first checkpoint (KeyboardInterrupt from
+    ``save_checkpoint``), then again to completion; returns the second run's result."""
+    import pytest
+
+    from fundusgen.train import checkpoint
+    save = checkpoint.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    return train()

@@ -8,7 +8,7 @@ from fundusgen.measure.disc import classical_disc
 from fundusgen.measure.disccup import (SHIPPED, DiscCupTrainConfig, _batch, build_net, dice_bce, drishti_examples,
                                        evaluate, load_disc_cup_net, main, segment_disc_cup, shipped_net,
                                        train_disc_cup_net, vertical_cdr)
-from tests.measure_fixtures import retina_square, write_drishti
+from tests.measure_fixtures import retina_square, write_drishti, train_killed_then_resumed
 
 
 @pytest.fixture()
@@ -43,21 +43,11 @@ def test_training_lowers_the_loss_on_a_synthetic_drishti(tmp_path, one_thread):
 
 def test_training_resumes_exactly_after_a_kill(tmp_path, monkeypatch, one_thread):
     import torch
-    from fundusgen.train import checkpoint
     root = write_drishti(tmp_path / "drishti")
     small = dict(data=str(root), steps=4, batch_size=2, crop=32, channels=4, depth=2, checkpoint_every=2)
     straight = train_disc_cup_net(DiscCupTrainConfig(out=str(tmp_path / "a"), **small), progress=False)
-    save = checkpoint.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        save(*args, **kwargs)
-        raise KeyboardInterrupt  # killed right after the step-2 checkpoint
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_disc_cup_net(DiscCupTrainConfig(out=str(tmp_path / "b"), **small), progress=False)
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
-    resumed = train_disc_cup_net(DiscCupTrainConfig(out=str(tmp_path / "b"), **small), progress=False)
+    resumed = train_killed_then_resumed(
+        lambda: train_disc_cup_net(DiscCupTrainConfig(out=str(tmp_path / "b"), **small), progress=False), monkeypatch)
     a, b = load_disc_cup_net(straight), load_disc_cup_net(resumed)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name

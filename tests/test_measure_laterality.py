@@ -9,7 +9,7 @@ from fundusgen.measure.disc import anatomy
 from fundusgen.measure.laterality import (EyeSet, LateralityTrainConfig, _batch, bce, build_laterality_net,
                                           image_input, load_eye_set, load_laterality_net, summarise,
                                           train_laterality_net)
-from tests.measure_fixtures import retina_square, write_prepared
+from tests.measure_fixtures import retina_square, write_prepared, train_killed_then_resumed
 
 
 @pytest.fixture()
@@ -85,21 +85,11 @@ def _working(pair):
 
 def test_training_resumes_exactly_after_a_kill(tmp_path, monkeypatch, one_thread):
     import torch
-    from fundusgen.train import checkpoint
     data = _retina_set(4)
     small = dict(data="unused", steps=4, batch_size=2, channels=4, checkpoint_every=2)
     straight = train_laterality_net(LateralityTrainConfig(out=str(tmp_path / "a"), **small), progress=False, data=data)
-    save = checkpoint.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        save(*args, **kwargs)
-        raise KeyboardInterrupt  # killed right after the step-2 checkpoint
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_laterality_net(LateralityTrainConfig(out=str(tmp_path / "b"), **small), progress=False, data=data)
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
-    resumed = train_laterality_net(LateralityTrainConfig(out=str(tmp_path / "b"), **small), progress=False, data=data)
+    resumed = train_killed_then_resumed(
+        lambda: train_laterality_net(LateralityTrainConfig(out=str(tmp_path / "b"), **small), progress=False, data=data), monkeypatch)
     from safetensors.torch import load_file
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

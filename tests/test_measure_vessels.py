@@ -6,7 +6,7 @@ import pytest
 from fundusgen.measure.vessels import (VesselTrainConfig, build_unet, classical_vessels, evaluate_on_records,
                                        fractal_dimension, load_vessel_net, network_vessels, regional_morphology,
                                        skeleton_segments, train_vessel_net)
-from tests.measure_fixtures import retina_square, write_prepared
+from tests.measure_fixtures import retina_square, write_prepared, train_killed_then_resumed
 
 
 def test_classical_mask_covers_a_plausible_share_of_the_retina():
@@ -64,21 +64,11 @@ def test_unet_keeps_the_image_size():
 
 def test_training_resumes_exactly_and_saves_a_model_folder(tmp_path, monkeypatch):
     import torch
-    from fundusgen.train import checkpoint
     data = write_prepared(tmp_path / "data", size=96, vessels=True)
     small = dict(data=str(data), steps=4, batch_size=2, crop=32, channels=4, depth=2, checkpoint_every=2)
     straight = train_vessel_net(VesselTrainConfig(out=str(tmp_path / "a"), **small), progress=False)
-    save = checkpoint.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        save(*args, **kwargs)
-        raise KeyboardInterrupt  # killed right after the step-2 checkpoint
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_vessel_net(VesselTrainConfig(out=str(tmp_path / "b"), **small), progress=False)
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
-    resumed = train_vessel_net(VesselTrainConfig(out=str(tmp_path / "b"), **small), progress=False)
+    resumed = train_killed_then_resumed(
+        lambda: train_vessel_net(VesselTrainConfig(out=str(tmp_path / "b"), **small), progress=False), monkeypatch)
     a, b = load_vessel_net(straight), load_vessel_net(resumed)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
