@@ -35,3 +35,13 @@ def retina_rgb() -> np.ndarray:
 def _few_threads():
     import torch
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture()
+def one_thread():
+    """Small convolutions on one thread: two on a busy 2-core machine run many times slower."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,16 +11,6 @@ from fundusgen.measure.disccup import (SHIPPED, DiscCupTrainConfig, _batch, buil
 from tests.measure_fixtures import retina_square, write_drishti, train_killed_then_resumed
 
 
-@pytest.fixture()
-def one_thread():
-    """Small convolutions on one thread: two on a busy 2-core machine run many times slower."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train_mode_loss(net, batch) -> float:
     import torch
     net.train()  # batch statistics, so a few steps of training show without settled running means

@@ -12,15 +12,6 @@ from fundusgen.measure.laterality import (EyeSet, LateralityTrainConfig, _batch,
 from tests.measure_fixtures import retina_square, write_prepared, train_killed_then_resumed
 
 
-@pytest.fixture()
-def one_thread():
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _retina_set(n: int = 8) -> EyeSet:
     """skimage's retina (a left eye) and its mirror image (a right eye), alternately."""
     image, fov = retina_square(256)
