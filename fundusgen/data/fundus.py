@@ -120,9 +120,10 @@ def apply_crop(array: np.ndarray, crop: Crop, size: int, *, nearest: bool = Fals
     return cv2.resize(square, (size, size), interpolation=interp)
 
 
-def preprocess(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, Crop]:
-    """Fundus photo -> (square RGB of ``size``, its FOV mask, the crop). Outside the FOV is black."""
-    mask = detect_fov(rgb)
+def preprocess(rgb: np.ndarray, size: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Crop]:
+    """Fundus photo -> (square RGB of ``size``, its FOV mask, the crop). Outside the FOV is black.
+    ``mask``: the photo's FOV when the caller has already detected it."""
+    mask = detect_fov(rgb) if mask is None else mask
     crop = crop_square(mask)
     image = apply_crop(rgb, crop, size)
     fov = apply_crop(mask, crop, size)

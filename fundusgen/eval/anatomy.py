@@ -116,10 +116,11 @@ class Measurements:
     vessel_density: float
 
 
-def analysis_view(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple[int, int]]:
+def analysis_view(rgb: np.ndarray, fov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, tuple[int, int]]:
     """(square FOV-cropped RGB of ANALYSIS_SIDE, its FOV, input pixels per view pixel, (x, y) offset
-    of the view's origin in the input): every image is judged at the same scale."""
-    image, fov, crop = fundus.preprocess(rgb, ANALYSIS_SIDE)
+    of the view's origin in the input): every image is judged at the same scale. ``fov``: the
+    input's FOV when already detected."""
+    image, fov, crop = fundus.preprocess(rgb, ANALYSIS_SIDE, fov)
     return image, fov, crop.side / ANALYSIS_SIDE, (crop.x0 - crop.pad_x, crop.y0 - crop.pad_y)
 
 
@@ -173,7 +174,7 @@ def check_image(rgb: np.ndarray) -> AnatomyCheck:
     if not full_fov.any():
         q = assess(rgb, full_fov)
         return AnatomyCheck(0.0, q.score, q.grade.value, 0, reasons=[q.reason or "no field of view found"])
-    image, fov, scale, (ox, oy) = analysis_view(rgb)
+    image, fov, scale, (ox, oy) = analysis_view(rgb, full_fov)
     q = assess(image, fov)
     if q.reason:  # not a fundus (which includes a field of view that is not round), too dark, unusable
         reasons.append(q.reason)
@@ -279,17 +280,18 @@ def calibrate(prepared: str | Path, split: str = "train", limit: int = 600, seed
 
     from tqdm import tqdm
 
+    from fundusgen.data.prepare import read_index
     from fundusgen.data.shards import atomic_write_text, iter_samples
-    keys = [s["key"] for s in iter_samples(prepared)  # gradable photographs: what a generator is asked for
-            if s["meta"].get("split") == split and s["meta"].get("quality", {}).get("grade") == "good"]
+    index = read_index(prepared)
+    # gradable photographs: what a generator is asked for
+    keys = index.loc[(index["split"] == split) & (index["quality_grade"] == "good"), "key"].tolist()
     chosen = set(random.Random(seed).sample(keys, min(limit, len(keys))))
     rows = []
     bar = tqdm(total=len(chosen), desc="anatomy calibration", disable=not progress)
-    for s in iter_samples(prepared):
-        if s["key"] in chosen:
-            image, fov, _, _ = analysis_view(s["image"])
-            rows.append(measure_view(image, fov))
-            bar.update()
+    for s in iter_samples(prepared, keep=lambda meta: meta["key"] in chosen):
+        image, fov, _, _ = analysis_view(s["image"])
+        rows.append(measure_view(image, fov))
+        bar.update()
     bar.close()
     thresholds = fit_thresholds(rows)
     record = {"thresholds": thresholds,
