@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="copy a model folder with float16 weights")
-    p.add_argument("src")
+    p = sub.add_parser("export", help="copy a model folder with float16 weights; from a training run folder, "
+                       "the model it holds now (mid-training: the denoiser's latest EMA checkpoint)")
+    p.add_argument("src", help="a model folder, or a training run folder (recipe.json, checkpoints)")
     p.add_argument("dst")
     p.set_defaults(func=cmd_export)
 

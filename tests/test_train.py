@@ -141,3 +141,48 @@ def test_decoder_of_an_existing_autoencoder_is_refined_from_the_command_line(pre
     recipe.write_text(yaml.safe_dump({**wrong, "data": str(prepared), "out": str(tmp_path / "wrong")}))
     assert main(["train", "--config", str(recipe), "--only", "autoencoder", "--quiet"]) == 2
     assert "its architecture" in capsys.readouterr().err
+
+
+def test_datasets_excluded_by_the_recipe_never_reach_training(tmp_path):
+    """``exclude_datasets`` holds whole datasets out of training (an external real set for evaluate)."""
+    from fundusgen.train.data import load_images
+    write_retina_folder(tmp_path / "a", n_per_class=2)
+    write_retina_folder(tmp_path / "b" / "img", n_per_class=2)
+    rows = [f"{c}/{p.name},{c}" for c in ("0", "2") for p in sorted((tmp_path / "b" / "img" / c).iterdir())]
+    (tmp_path / "b" / "labels.csv").write_text("file,grade\n" + "\n".join(rows) + "\n")
+    assert main(["prepare", "--source", f"image_folder={tmp_path / 'a'}", "--source",
+                 f"csv_folder={tmp_path / 'b'},images=img,image=file,dr_grade=grade,dataset=external",
+                 "--out", str(tmp_path / "p"), "--size", "64", "--workers", "1", "--quiet"]) == 0
+    _, everything = load_images(tmp_path / "p", "train", progress=False)
+    kept_images, kept = load_images(tmp_path / "p", "train", progress=False, exclude_datasets=["external"])
+    assert {m["record"]["dataset"] for m in everything} == {"image_folder", "external"}
+    assert {m["record"]["dataset"] for m in kept} == {"image_folder"} and len(kept_images) == len(kept)
+    with pytest.raises(FundusgenError, match=r"exclude_datasets names datasets it does not hold: externl"):
+        load_images(tmp_path / "p", "train", progress=False, exclude_datasets=["externl"])
+    with pytest.raises(FundusgenError, match=r"no images in split 'train' once exclude_datasets are left out"):
+        load_images(tmp_path / "p", "train", progress=False, exclude_datasets=["external", "image_folder"])
+
+
+def test_a_run_stopped_mid_training_exports_its_latest_ema_denoiser(prepared, tmp_path):
+    """``fundusgen export RUN DST`` on a run whose denoiser has only a checkpoint: the autoencoder,
+    the checkpoint's EMA weights, and the highest resolution trained so far."""
+    import shutil
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(_recipe(tmp_path / "r.yaml", prepared, run)), "--quiet"]) == 0
+    finished = FundusGen.from_pretrained(run / "model")
+    shutil.rmtree(run / "model")
+    shutil.rmtree(run / "denoiser" / "final")  # as if stopped after its last checkpoint
+    assert main(["export", str(run), str(tmp_path / "all")]) == 0
+    exported = FundusGen.from_pretrained(tmp_path / "all")
+    assert exported.config["resolution"] == 64
+    for name, p in finished.denoiser.state_dict().items():
+        assert torch.equal(p.half().float(), exported.denoiser.state_dict()[name]), name
+    ckpt = run / "denoiser" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "stage": 1, "step": 0}, ckpt)  # only the 32 px pretraining stage done
+    assert main(["export", str(run), str(tmp_path / "low")]) == 0
+    low = FundusGen.from_pretrained(tmp_path / "low")
+    assert low.config["resolution"] == 32
+    assert low("left eye", steps=2).images[0].size == (32, 32)
+    shutil.rmtree(run / "autoencoder" / "final")
+    assert main(["export", str(run), str(tmp_path / "none")]) == 2

@@ -58,7 +58,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    images, _ = load_images(cfg.data, "train", progress)
+    images, _ = load_images(cfg.data, "train", progress, cfg.exclude_datasets)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
     model = FundusAutoencoder(**asdict(tc.model))
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=0.0)

@@ -41,11 +41,12 @@ def captions_for(meta: dict, variants: int) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encoder: TextEncoder,
-                resolutions: list[int], variants: int, progress: bool = True, batch: int = 32) -> Path:
+                resolutions: list[int], variants: int, progress: bool = True, batch: int = 32,
+                exclude_datasets: list[str] | tuple[str, ...] = ()) -> Path:
     path = out / "cache.safetensors"
     if path.exists():
         return path
-    images, metas = load_images(data, "train", progress)
+    images, metas = load_images(data, "train", progress, exclude_datasets)
     tensors: dict[str, torch.Tensor] = {}
     device = next(vae.parameters()).device
     for res in resolutions:

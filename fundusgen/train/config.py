@@ -92,6 +92,8 @@ class RecipeConfig:
     sample_every: int = 0                # 0: no preview samples during training
     mixed_precision: str = "auto"        # auto: bf16 on GPU, fp32 on CPU
     base_pipeline: str | None = None     # a local diffusers pipeline folder: fine-tune it instead (finetune_diffusers.py)
+    exclude_datasets: list[str] = field(default_factory=list)  # datasets held out of training whole: an
+                                                               # external real set for `fundusgen evaluate`
 
 
 def _build(cls, data, where: str):
@@ -129,6 +131,11 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> RecipeConfig
         raise FundusgenError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     data.update(overrides or {})
     return _build(RecipeConfig, data, str(path))
+
+
+def recipe_from_dict(data: dict, where: str) -> RecipeConfig:
+    """A recipe from its dictionary form (``recipe_to_dict``; a run folder's recipe.json)."""
+    return _build(RecipeConfig, data, where)
 
 
 def recipe_to_dict(cfg: RecipeConfig) -> dict:

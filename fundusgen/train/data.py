@@ -12,18 +12,27 @@ from fundusgen.data.shards import iter_samples
 from fundusgen.errors import FundusgenError
 
 
-def load_images(folder: str | Path, split: str = "train", progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
-    """All images of a split as uint8 (N, 3, S, S) plus their metadata, in index order."""
+def load_images(folder: str | Path, split: str = "train", progress: bool = True,
+                exclude_datasets: list[str] | tuple[str, ...] = ()) -> tuple[torch.Tensor, list[dict]]:
+    """All images of a split as uint8 (N, 3, S, S) plus their metadata, in index order, without
+    the images of ``exclude_datasets`` (held out of training whole, as an external test set)."""
     folder = Path(folder)
     try:
         index = read_index(folder)
     except FileNotFoundError as e:
         raise FundusgenError(str(e)) from None
-    total = int((index["split"] == split).sum())
+    unknown = sorted(set(exclude_datasets) - set(index["dataset"]))
+    if unknown:
+        raise FundusgenError(f"{folder}: exclude_datasets names datasets it does not hold: {', '.join(unknown)} "
+                             f"(it holds {', '.join(sorted(set(index['dataset'])))})")
+    chosen = (index["split"] == split) & ~index["dataset"].isin(list(exclude_datasets))
+    total = int(chosen.sum())
     if total == 0:
-        raise FundusgenError(f"{folder}: no images in split {split!r}")
+        raise FundusgenError(f"{folder}: no images in split {split!r}" + (" once exclude_datasets are left out" if exclude_datasets else ""))
+    keys = set(index.loc[chosen, "key"])
     images, metas = [], []
-    for s in tqdm(iter_samples(folder, split), total=total, desc=f"loading {split}", unit="img", disable=not progress):
+    for s in tqdm(iter_samples(folder, split, keep=lambda m: m["key"] in keys), total=total,
+                  desc=f"loading {split}", unit="img", disable=not progress):
         images.append(torch.from_numpy(s["image"].copy()).permute(2, 0, 1))
         metas.append(s["meta"])
     return torch.stack(images), metas

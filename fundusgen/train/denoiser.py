@@ -131,14 +131,15 @@ def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, c
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             ema.step(acc.unwrap_model(model).parameters())
-            value = float(loss.detach())
-            history.append(value)
-            bar.set_postfix(loss=f"{value:.4f}")
-            if writer and step % cfg.log_every == 0:
-                writer.add_scalar(f"{tag}/{stage.name}/loss", value, offset + step)
-                writer.add_scalar(f"{tag}/images_per_s", (step + 1 - first) * stage.batch_size / (time.time() - t0),
-                                  offset + step)
+            history.append(loss.detach())  # read back only every log_every steps: each read stalls a GPU
             last = step + 1 == stage.steps
+            if step % cfg.log_every == 0 or last:
+                value = float(history[-1])
+                bar.set_postfix(loss=f"{value:.4f}")
+                if writer:
+                    writer.add_scalar(f"{tag}/{stage.name}/loss", value, offset + step)
+                    writer.add_scalar(f"{tag}/images_per_s", (step + 1 - first) * stage.batch_size / (time.time() - t0),
+                                      offset + step)
             if (step + 1) % cfg.checkpoint_every == 0 or last:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
@@ -149,4 +150,4 @@ def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, c
         stage_i, step = stage_i + 1, 0
     if writer:
         writer.close()
-    return history
+    return torch.stack(history).float().cpu().tolist() if history else []

@@ -136,13 +136,14 @@ def _too_long(pipe: DiffusionPipeline, captions: list[str]) -> None:
 
 @torch.no_grad()
 def build_pipeline_cache(data: str | Path, out: Path, pipe: DiffusionPipeline, family: str, resolutions: list[int],
-                         variants: int, progress: bool = True, batch: int = 16) -> Path:
+                         variants: int, progress: bool = True, batch: int = 16,
+                         exclude_datasets: list[str] | tuple[str, ...] = ()) -> Path:
     """cache.py's layout (latents per resolution, deduplicated caption states, caption ids, quality)
     with the pipeline's VAE and prompt encoding, plus pooled embeddings for SDXL and SD3."""
     path = out / "cache.safetensors"
     if path.exists():
         return path
-    images, metas = load_images(data, "train", progress)
+    images, metas = load_images(data, "train", progress, exclude_datasets)
     vae, device = pipe.vae, pipe.device
     scale, shift = vae.config.scaling_factor, vae.config.get("shift_factor") or 0.0
     tensors: dict[str, torch.Tensor] = {}
@@ -205,7 +206,8 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     pipe.to(acc.device)
     with acc.main_process_first():  # one process writes the cache, the others read it
         cache_path = build_pipeline_cache(cfg.data, out, pipe, family, sorted({s.resolution for s in dc.stages}),
-                                          dc.caption_variants, progress and acc.is_main_process)
+                                          dc.caption_variants, progress and acc.is_main_process,
+                                          exclude_datasets=cfg.exclude_datasets)
     cache, info = load_cache(cache_path)
     name, model = _denoiser(pipe, family)
     for part in pipe.components.values():  # frozen, and off the accelerator once their work is cached

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import torch
 
+from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
 from fundusgen.train.cache import build_cache, load_cache
-from fundusgen.train.config import RecipeConfig
+from fundusgen.train.checkpoint import load_checkpoint
+from fundusgen.train.config import RecipeConfig, recipe_from_dict
 from fundusgen.train.denoiser import train_denoiser
 from fundusgen.train.finetune_diffusers import finetune_pipeline
 
@@ -33,20 +35,58 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
     vae = FundusAutoencoder.from_pretrained(str(ae_dir)).to(device).eval()
     text_encoder = TextEncoder(cfg.text_encoder, device=device)
     resolutions = sorted({s.resolution for s in cfg.denoiser.stages})
-    cache_path = build_cache(cfg.data, out, vae, text_encoder, resolutions, cfg.denoiser.caption_variants, progress)
+    cache_path = build_cache(cfg.data, out, vae, text_encoder, resolutions, cfg.denoiser.caption_variants, progress,
+                             exclude_datasets=cfg.exclude_datasets)
     cache, info = load_cache(cache_path)
     dit_dir = train_denoiser(cfg, cache, info, text_encoder.dim, vae.config.latent_channels, progress)
     model_dir = out / "model"
-    pipe = FundusGen(vae.cpu(), DiT.from_pretrained(str(dit_dir)), text_encoder, {
-        "name": out.name, "text_encoder": cfg.text_encoder, "resolution": max(resolutions),
-        "steps": 25, "guidance": 4.0, "sampler": "euler", "time_shift": 1.0})
-    pipe.save_pretrained(model_dir)
+    _assemble(out, cfg, vae.cpu(), DiT.from_pretrained(str(dit_dir)), text_encoder, max(resolutions)).save_pretrained(model_dir)
     return model_dir
 
 
+def _assemble(out: Path, cfg: RecipeConfig, vae: FundusAutoencoder, dit: DiT, text_encoder: TextEncoder,
+              resolution: int) -> FundusGen:
+    return FundusGen(vae, dit, text_encoder, {
+        "name": out.name, "text_encoder": cfg.text_encoder, "resolution": resolution,
+        "steps": 25, "guidance": 4.0, "sampler": "euler", "time_shift": 1.0})
+
+
+def model_from_run(run: str | Path) -> FundusGen:
+    """The model a training run folder holds now: its finished ``model/``, or, while the denoiser is
+    still training, the trained autoencoder with the EMA weights of the denoiser's latest checkpoint
+    at the highest resolution trained so far. A run stopped at a deadline (a GPU lease, a job's wall
+    time) still gives a usable model; it resumes as before."""
+    run = Path(run)
+    if (run / "model" / "model_index.json").is_file():
+        return FundusGen.from_pretrained(run / "model")
+    try:
+        cfg = recipe_from_dict(json.loads((run / "recipe.json").read_text()), str(run / "recipe.json"))
+    except (OSError, ValueError) as e:
+        raise FundusgenError(f"{run}: not a training run folder (no readable recipe.json: {e})") from None
+    if not (run / "autoencoder" / "final" / "config.json").is_file():
+        raise FundusgenError(f"{run}: its autoencoder has not finished training yet: nothing to export")
+    vae = FundusAutoencoder.from_pretrained(str(run / "autoencoder" / "final")).eval()
+    text_encoder = TextEncoder(cfg.text_encoder)
+    stages = cfg.denoiser.stages
+    if (run / "denoiser" / "final" / "config.json").is_file():
+        return _assemble(run, cfg, vae, DiT.from_pretrained(str(run / "denoiser" / "final")), text_encoder,
+                         max(s.resolution for s in stages))
+    state = load_checkpoint(run / "denoiser" / "checkpoint.pt")
+    if state is None:
+        raise FundusgenError(f"{run}: the denoiser has no checkpoint yet: nothing to export")
+    stage, step = int(state["stage"]), int(state["step"])
+    trained = stages[:stage + (1 if step else 0)]
+    dit = DiT(in_channels=vae.config.latent_channels, text_dim=text_encoder.dim, **asdict(cfg.denoiser.model))
+    for p, shadow in zip(dit.parameters(), state["ema"]["shadow_params"]):
+        p.data.copy_(shadow)
+    return _assemble(run, cfg, vae, dit.eval(), text_encoder, max(s.resolution for s in trained))
+
+
 def export_fp16(src: str | Path, dst: str | Path) -> None:
-    """Copy a model folder with its weights in float16 (half the size; loads back as float32)."""
-    pipe = FundusGen.from_pretrained(src)
+    """Copy a model folder, or what a training run folder holds now (``model_from_run``), with its
+    weights in float16 (half the size; loads back as float32)."""
+    src = Path(src)
+    pipe = model_from_run(src) if (src / "recipe.json").is_file() else FundusGen.from_pretrained(src)
     pipe.autoencoder.half()
     pipe.denoiser.half()
     pipe.save_pretrained(dst)
