@@ -157,6 +157,7 @@ def test_datasets_excluded_by_the_recipe_never_reach_training(tmp_path):
     kept_images, kept = load_images(tmp_path / "p", "train", progress=False, exclude_datasets=["external"])
     assert {m["record"]["dataset"] for m in everything} == {"image_folder", "external"}
     assert {m["record"]["dataset"] for m in kept} == {"image_folder"} and len(kept_images) == len(kept)
+    assert len(load_images(tmp_path / "p", "train", progress=False, exclude_datasets=["mex_dme_dr"])[1]) == len(everything)
     with pytest.raises(FundusgenError, match=r"exclude_datasets names datasets it does not hold: externl"):
         load_images(tmp_path / "p", "train", progress=False, exclude_datasets=["externl"])
     with pytest.raises(FundusgenError, match=r"no images in split 'train' once exclude_datasets are left out"):

@@ -42,7 +42,7 @@ class TextEncoder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModel.from_pretrained(path)
+            model = AutoModel.from_pretrained(path, dtype=torch.float32)  # float32 states, however it is stored
         except OSError as e:
             raise FundusgenError(f"text encoder {name_or_path!r}: cannot load ({str(e).splitlines()[0]})") from None
         if getattr(model.config, "is_encoder_decoder", False):  # T5-style: keep only the encoder

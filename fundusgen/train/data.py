@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fundusgen.data import sources
 from fundusgen.data.prepare import read_index
 from fundusgen.data.shards import iter_samples
 from fundusgen.errors import FundusgenError
@@ -21,7 +22,8 @@ def load_images(folder: str | Path, split: str = "train", progress: bool = True,
         index = read_index(folder)
     except FileNotFoundError as e:
         raise FundusgenError(str(e)) from None
-    unknown = sorted(set(exclude_datasets) - set(index["dataset"]))
+    # a known adapter's dataset may be absent (a copy packed without it); any other name is a typo
+    unknown = sorted(set(exclude_datasets) - set(index["dataset"]) - set(sources.available()))
     if unknown:
         raise FundusgenError(f"{folder}: exclude_datasets names datasets it does not hold: {', '.join(unknown)} "
                              f"(it holds {', '.join(sorted(set(index['dataset'])))})")

