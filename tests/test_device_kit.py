@@ -93,3 +93,31 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     assert pipe.config["text_encoder"] == "minilm" and pipe.config["resolution"] == 64
     assert pipe("right eye", steps=2).images[0].size == (64, 64)
     assert (tmp_path / "back" / "loss_history.json").is_file() and (tmp_path / "back" / "logs" / "train.log").is_file()
+
+
+def test_the_compact_copy_keeps_measurements_and_purify_verdicts_in_its_new_shards(tmp_path):
+    import json
+    import pandas as pd
+    from fundusgen.data.prepare import read_index
+    from fundusgen.train.cache import caption_sources
+    write_retina_folder(tmp_path / "raw", n_per_class=3)
+    src = tmp_path / "prepared"
+    assert main(["prepare", "--source", f"image_folder={tmp_path / 'raw'}", "--out", str(src), "--size", "64",
+                 "--workers", "1", "--quiet"]) == 0
+    index = read_index(src)
+    keys = list(index["key"])
+    (src / "measure").mkdir()
+    for shard, rows in index.groupby("shard"):
+        (src / "measure" / shard.replace(".tar", ".jsonl")).write_text(
+            "".join(json.dumps({"key": k, "measurements": {"eye": "left", "n": i}}) + "\n" for i, k in enumerate(rows["key"])))
+    pd.DataFrame({"key": keys[::2]}).to_parquet(src / "purified.parquet")
+    train = set(index.loc[index["split"] == "train", "key"])
+    n = pack.compact_copy(src, tmp_path / "copy", keep=lambda m: m["split"] == "train", quality=90, masks=False,
+                          desc="copy", shard_size=2)
+    copied = read_index(tmp_path / "copy")
+    assert n == len(train) == len(copied) and set(copied["key"]) == train
+    assert all((tmp_path / "copy" / "shards" / s).is_file() for s in copied["shard"])
+    measured, kept = caption_sources(tmp_path / "copy")
+    original, _ = caption_sources(src)
+    assert measured == {k: original[k] for k in train}
+    assert kept == set(keys[::2]) & train

@@ -187,3 +187,45 @@ def test_a_run_stopped_mid_training_exports_its_latest_ema_denoiser(prepared, tm
     assert low("left eye", steps=2).images[0].size == (32, 32)
     shutil.rmtree(run / "autoencoder" / "final")
     assert main(["export", str(run), str(tmp_path / "none")]) == 2
+
+
+def test_training_captions_say_what_was_measured_and_mirror_the_measured_eye():
+    from fundusgen.train.cache import captions_for
+    from tests.test_caption_measured import MEASURED
+    meta = {"key": "k", "record": {"dataset": "x", "id": "1", "dr_grade": 2}, "quality": {"grade": "good"}}
+    plain = captions_for(meta, 2)
+    measured = captions_for(meta, 2, dict(MEASURED, eye_confidence=0.99))
+    assert all("right" not in a and "left" not in a for a, _ in plain)  # no eye label, no measurement
+    for (a, mirrored), (p, _) in zip(measured, plain):
+        assert "right eye" in a.lower() and "left eye" in mirrored.lower()
+        assert "tortuous" in a.lower() and "hard exudates at the macula" in a.lower()
+        assert len(a) > len(p)
+
+
+def test_the_purified_stages_train_only_on_what_purify_kept_and_captions_use_measurements(prepared, tmp_path):
+    import shutil
+    import pandas as pd
+    from fundusgen.data.prepare import read_index
+    from fundusgen.model.autoencoder import FundusAutoencoder
+    from fundusgen.model.text_encoder import TextEncoder
+    from fundusgen.train.cache import build_cache, load_cache
+    from fundusgen.train.config import StageConfig
+    from fundusgen.train.denoiser import subset_indices
+    from tests.test_caption_measured import MEASURED
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared, data)
+    index = read_index(data)
+    train = index[index["split"] == "train"]
+    kept = list(train["key"][::2])
+    pd.DataFrame({"key": kept}).to_parquet(data / "purified.parquet")
+    first = train.iloc[0]
+    (data / "measure").mkdir()
+    (data / "measure" / first["shard"].replace(".tar", ".jsonl")).write_text(
+        json.dumps({"key": first["key"], "measurements": MEASURED}) + "\n")
+    vae = FundusAutoencoder(block_out_channels=(8, 16), norm_num_groups=4)
+    cache, info = load_cache(build_cache(data, tmp_path / "run", vae, TextEncoder(), [32], 2, progress=False))
+    pool = subset_indices(cache, StageConfig(subset="purified"), min_quality=0.0)
+    assert sorted(info["keys"][i] for i in pool.tolist()) == sorted(kept)
+    assert len(subset_indices(cache, StageConfig(subset="all"), 0.0)) == len(train)
+    first_captions = [info["captions"][i] for i in cache["caption_ids"][info["keys"].index(first["key"])].tolist()]
+    assert len(first_captions) == 4 and all("vessels" in c.lower() for c in first_captions)

@@ -1,8 +1,10 @@
 """Latents and caption states computed once, so the denoiser trains on tensors only.
 
 For each training image: autoencoder latents (posterior mean, normalised) at every resolution
-the recipe uses, and caption variants (seeded phrasings; for images with a known eye, the same
-captions with left and right swapped, for horizontally flipped training samples). Captions are
+the recipe uses, and caption variants (seeded phrasings of its labels and, once ``fundusgen
+measure`` has run on the folder, of its measurements; for images with a known eye, the same
+captions with left and right swapped, for horizontally flipped training samples), and whether
+``fundusgen purify`` kept it (the purified subset of the later stages). Captions are
 deduplicated before encoding: label-derived captions repeat a lot.
 """
 from __future__ import annotations
@@ -11,11 +13,13 @@ import hashlib
 import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from fundusgen.caption.template import describe
+from fundusgen.measure.run import read_measurements
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.data import load_images, resize, to_model_range
@@ -27,12 +31,18 @@ def _seed(key: str, variant: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{key}:{variant}".encode()).digest()[:4], "big")
 
 
-def captions_for(meta: dict, variants: int) -> list[tuple[str, str]]:
-    """[(caption, caption of the mirrored image)] * variants. An expert description, when the
-    record has one, replaces the last variant: it is a real caption."""
+def captions_for(meta: dict, variants: int, measurements: dict | None = None) -> list[tuple[str, str]]:
+    """[(caption, caption of the mirrored image)] * variants. With the image's measurements
+    (``fundusgen measure``) the captions also say what was measured (disc, fovea, vessels,
+    lesions, haze), as the template writer of ``fundusgen caption`` does; the mirrored image's
+    measured eye is swapped like its label. An expert description, when the record has one,
+    replaces the last variant: it is a real caption."""
     record = dict(meta["record"])
     record["quality_grade"] = meta["quality"]["grade"]
     mirrored = dict(record, eye=_SWAP.get(record.get("eye")))
+    if measurements:
+        record["measurements"] = measurements
+        mirrored["measurements"] = dict(measurements, eye=_SWAP.get(measurements.get("eye")))
     out = [(describe(record, _seed(meta["key"], v)), describe(mirrored, _seed(meta["key"], v))) for v in range(variants)]
     if record.get("description"):
         out[-1] = (record["description"], record["description"])  # CSDI prose names no eye
@@ -47,6 +57,7 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
     if path.exists():
         return path
     images, metas = load_images(data, "train", progress, exclude_datasets)
+    measured, kept = caption_sources(data)
     tensors: dict[str, torch.Tensor] = {}
     device = next(vae.parameters()).device
     for res in resolutions:
@@ -55,7 +66,7 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
             x = resize(to_model_range(images[i:i + batch]), res).to(device)
             zs.append(vae.normalise(vae.encode(x).mean).half().cpu())
         tensors[f"latents_{res}"] = torch.cat(zs)
-    pairs = [captions_for(m, variants) for m in metas]
+    pairs = [captions_for(m, variants, measured.get(m["key"])) for m in metas]
     unique = sorted({c for p in pairs for pair in p for c in pair} | {""})
     lookup = {c: i for i, c in enumerate(unique)}
     ids = torch.tensor([[lookup[c] for pair in p for c in pair] for p in pairs], dtype=torch.int32)  # N, 2V
@@ -68,14 +79,29 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
     tensors["text"] = torch.cat([torch.nn.functional.pad(s, (0, 0, 0, length - s.shape[1])) for s in states])
     tensors["text_mask"] = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for m in masks]).to(torch.uint8)
     tensors["caption_ids"] = ids
-    return save_cache(path, tensors, metas, unique, variants)
+    return save_cache(path, tensors, metas, unique, variants, kept)
+
+
+def caption_sources(data: str | Path) -> tuple[dict[str, dict], set[str] | None]:
+    """What a prepared folder adds to its labels: measurements per image key (``fundusgen
+    measure``; empty when it was not measured) and the keys ``fundusgen purify`` kept (None
+    when it was not purified)."""
+    data = Path(data)
+    measured: dict[str, dict] = {}
+    for tar in sorted((data / "shards").glob("*.tar")):
+        measured.update(read_measurements(data, tar.stem))
+    purified = data / "purified.parquet"
+    kept = set(pd.read_parquet(purified, columns=["key"])["key"]) if purified.is_file() else None
+    return measured, kept
 
 
 def save_cache(path: Path, tensors: dict[str, torch.Tensor], metas: list[dict], captions: list[str],
-               variants: int) -> Path:
+               variants: int, purified: set[str] | None = None) -> Path:
     """Write cached tensors with what reading them back needs: image keys, the caption table
-    (``caption_ids`` index into it), the empty caption's index, and the number of variants."""
+    (``caption_ids`` index into it), the empty caption's index, and the number of variants;
+    per image its quality score and whether ``fundusgen purify`` kept it (all, when not purified)."""
     tensors["quality"] = torch.tensor([m["quality"]["score"] for m in metas])
+    tensors["purified"] = torch.tensor([purified is None or m["key"] in purified for m in metas], dtype=torch.bool)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"keys": json.dumps([m["key"] for m in metas]), "captions": json.dumps(captions),
             "null_caption": str(captions.index("")), "variants": str(variants)}

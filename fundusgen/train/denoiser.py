@@ -26,13 +26,16 @@ from fundusgen.train.config import RecipeConfig, StageConfig
 
 
 def subset_indices(cache: dict, stage: StageConfig, min_quality: float) -> torch.Tensor:
-    """'all' or 'purified' (quality at least ``min_quality``; caption checks join once
-    `fundusgen purify` writes its verdicts into the prepared folder)."""
+    """'all', or 'purified' (RetinaLogos step 2): images ``fundusgen purify`` kept (every image
+    of a folder it has not run on) whose quality score is at least ``min_quality``."""
     n = cache["caption_ids"].shape[0]
     if stage.subset == "all":
         return torch.arange(n)
     if stage.subset == "purified":
-        return torch.nonzero(cache["quality"].cpu() >= min_quality).flatten()
+        keep = cache["quality"].cpu() >= min_quality
+        if "purified" in cache:  # caches written before purify's verdicts were read have none
+            keep &= cache["purified"].cpu().bool()
+        return torch.nonzero(keep).flatten()
     raise FundusgenError(f"stage {stage.name!r}: unknown subset {stage.subset!r} (all | purified)")
 
 

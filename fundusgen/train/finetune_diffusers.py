@@ -28,7 +28,7 @@ from tqdm import tqdm
 from fundusgen.errors import FundusgenError
 from fundusgen.model.flow import sample_t
 from fundusgen.train.autoencoder import mixed_precision
-from fundusgen.train.cache import captions_for, load_cache, save_cache
+from fundusgen.train.cache import caption_sources, captions_for, load_cache, save_cache
 from fundusgen.train.checkpoint import load_checkpoint
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
@@ -153,7 +153,8 @@ def build_pipeline_cache(data: str | Path, out: Path, pipe: DiffusionPipeline, f
             x = resize(to_model_range(images[i:i + batch]), res).to(device)
             zs.append(((vae.encode(x).latent_dist.mean - shift) * scale).half().cpu())
         tensors[f"latents_{res}"] = torch.cat(zs)
-    pairs = [captions_for(m, variants) for m in metas]
+    measured, kept = caption_sources(data)
+    pairs = [captions_for(m, variants, measured.get(m["key"])) for m in metas]
     unique = sorted({c for p in pairs for pair in p for c in pair} | {""})
     lookup = {c: i for i, c in enumerate(unique)}
     _too_long(pipe, unique)
@@ -172,7 +173,7 @@ def build_pipeline_cache(data: str | Path, out: Path, pipe: DiffusionPipeline, f
         for k in ("text", "pooled"):
             tensors[k][lookup[""]] = 0
     tensors["caption_ids"] = torch.tensor([[lookup[c] for pair in p for c in pair] for p in pairs], dtype=torch.int32)
-    return save_cache(path, tensors, metas, unique, variants)
+    return save_cache(path, tensors, metas, unique, variants, kept)
 
 
 def _conditioned(net: torch.nn.Module, family: str, text: torch.Tensor, pooled: torch.Tensor | None,

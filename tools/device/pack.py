@@ -11,7 +11,7 @@ shipped weights out), and ``run.sh stage`` copies the carried part into $FG:
 
 - ``data/train``: a compact copy of the prepared training split (images re-encoded as JPEG at
   ``--jpeg-quality``, FOV masks kept, other masks dropped, the recipe's ``exclude_datasets`` left
-  out);
+  out) with its measurements and purify verdicts, where ``fundusgen measure`` and ``purify`` ran;
 - ``data/vessels``: the vessel network's training images (DRIVE, CHASE_DB1 and STARE outside
   their official test splits) with their masks;
 - ``env/whl``: the wheels the GPU image lacks; ``env/py``: MiniLM in float16 as an importable
@@ -30,6 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from fundusgen.data.prepare import read_index
 from fundusgen.data.shards import atomic_write_bytes, atomic_write_text, write_shard
 from fundusgen.model.text_encoder import bundled_minilm_path
+from fundusgen.train.cache import caption_sources
 from fundusgen.train.config import load_recipe
 
 MIB = 1 << 20
@@ -52,15 +54,23 @@ def _reencode(jpg_or_png: bytes, quality: int) -> bytes:
 
 def compact_copy(src: Path, dst: Path, keep, quality: int, masks: bool, desc: str, shard_size: int = 1000) -> int:
     """A prepared folder holding the samples of ``src`` whose meta passes ``keep(meta)``, images
-    re-encoded as JPEG at ``quality``, and their index rows. Returns the number of samples."""
+    re-encoded as JPEG at ``quality``, their index rows, measurements (``measure/``) and purify
+    verdicts (``purified.parquet``), which the trainer turns into captions and the purified
+    subset. Returns the number of samples."""
     index = read_index(src)
-    samples, kept, shard = [], [], 0
+    measured, purified = caption_sources(src)
+    samples, kept, shard, placed = [], [], 0, {}
     tars = sorted((src / "shards").glob("*.tar"))
 
     def flush():
         nonlocal samples, shard
         if samples:
-            write_shard(dst / "shards" / f"fundus-{shard:06d}.tar", samples)
+            stem = f"fundus-{shard:06d}"
+            write_shard(dst / "shards" / f"{stem}.tar", samples)
+            placed.update({x["__key__"]: f"{stem}.tar" for x in samples})
+            rows = [{"key": x["__key__"], "measurements": measured[x["__key__"]]} for x in samples if x["__key__"] in measured]
+            if rows:
+                atomic_write_text(dst / "measure" / f"{stem}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
             samples, shard = [], shard + 1
 
     for tar in tqdm(tars, desc=desc, unit="shard"):
@@ -76,9 +86,15 @@ def compact_copy(src: Path, dst: Path, keep, quality: int, masks: bool, desc: st
             if len(samples) == shard_size:
                 flush()
     flush()
+    rows = index[index["key"].isin(kept)].copy()
+    rows["shard"] = rows["key"].map(placed)
     buf = io.BytesIO()
-    index[index["key"].isin(kept)].to_parquet(buf, index=False)
+    rows.to_parquet(buf, index=False)
     atomic_write_bytes(dst / "index.parquet", buf.getvalue())
+    if purified is not None:
+        buf = io.BytesIO()
+        pd.read_parquet(src / "purified.parquet").query("key in @kept").to_parquet(buf, index=False)
+        atomic_write_bytes(dst / "purified.parquet", buf.getvalue())
     atomic_write_text(dst / "prepare.json", json.dumps({"compact_copy_of": str(src), "jpeg_quality": quality,
                                                         "samples": len(kept)}, indent=2))
     return len(kept)
