@@ -5,14 +5,14 @@
 Writes ``--n`` fundus photographs (the first of the Mexican set under --data, or crops of
 scikit-image's retina where the real data is absent) as PNG to a temporary folder, then times
 ``fundusgen.eval.features.folder_features`` on it: a cold pass (decode, PIL bicubic resize to
-299, network) and a second pass served from the feature cache. Where clean-fid is installed, its
-feature pass on the same folder is timed too and the ratio printed. Threads: torch's default, or
-OMP_NUM_THREADS.
+299, network) and a second pass served from the feature cache. The ratio against clean-fid's
+feature pass, and our FID against its FID, come from ``benchmarks/fid_reference.py
+--clean-fid-python PYTHON`` (clean-fid needs torchvision, so it runs in a virtualenv of its own;
+that script's docstring says how to build it). Threads: torch's default, or OMP_NUM_THREADS.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -50,23 +50,6 @@ def sample_images(data: Path, n: int) -> tuple[list[np.ndarray], str]:
     return crops, f"{n} crops of skimage.data.retina() (real data not found at {data})"
 
 
-def clean_fid_seconds(folder: Path, batch: int) -> str | float:
-    """Seconds for clean-fid's feature pass, or why there is none."""
-    if importlib.util.find_spec("cleanfid") is None:
-        found = "torch-fidelity is installed but not compared" if importlib.util.find_spec("torch_fidelity") else \
-            "neither clean-fid nor torch-fidelity is installed"
-        return (f"{found} here (both download their Inception weights on first use, which this offline "
-                f"machine cannot), so no ratio")
-    from cleanfid import fid as cleanfid
-    try:
-        start = time.perf_counter()
-        cleanfid.get_folder_features(str(folder), batch_size=batch, num_workers=0, device=torch.device("cpu"),
-                                     mode="clean", verbose=False)
-        return time.perf_counter() - start
-    except Exception as e:  # its weights download fails offline: report why, keep our figure
-        return f"clean-fid is installed but its feature pass failed ({e.__class__.__name__}: {e}), so no ratio"
-
-
 def main() -> int:
     default = os.environ.get("FUNDUSGEN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,7 +75,6 @@ def main() -> int:
         start = time.perf_counter()
         folder_features(folder, model=model, cache_dir=cache, batch_size=args.batch, progress=False)
         warm = time.perf_counter() - start
-        theirs = clean_fid_seconds(folder, args.batch)
 
     sizes = sorted({f"{a.shape[1]}x{a.shape[0]}" for a in images})
     print(f"machine: {os.cpu_count()} CPU cores ({cpu_name()}), torch {torch.__version__} with "
@@ -101,11 +83,7 @@ def main() -> int:
     print(f"inception features at 299 px: {len(images) / cold:.2f} images/s "
           f"({cold:.1f} s for {len(images)}: PNG decode, PIL bicubic resize, network)")
     print(f"second pass from the feature cache: {warm:.2f} s")
-    if isinstance(theirs, float):
-        print(f"clean-fid on the same folder: {len(images) / theirs:.2f} images/s; "
-              f"ours runs at {theirs / cold:.2f}x its speed")
-    else:
-        print(theirs)
+    print("against clean-fid: benchmarks/fid_reference.py --clean-fid-python PYTHON")
     return 0
 
 

