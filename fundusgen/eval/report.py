@@ -726,6 +726,10 @@ def _anatomy_html(report: dict, assets: _Assets) -> str:
     density_plot = _histograms({k: np.array([c.vessel_density or 0.0 for c in v]) for k, v in series.items()},
                                "vessel density (share of the FOV)", np.linspace(0, 0.2, 41),
                                t["vessel_density_min"], "least real density")
+    branching_plot = _histograms({k: np.array([c.branching_length for c in v if c.branching_length is not None
+                                                and c.haze <= t["tree_haze_max"]]) for k, v in series.items()},
+                                 "branching vessel length (disc diameters; images clear enough to judge)",
+                                 np.linspace(0, 100, 41), t["tree_length_min"], "least real length")
     distance_plot = _histograms({k: np.array([c.fovea.distance for c in v if c.fovea]) for k, v in series.items()},
                                 "disc-to-fovea distance (nominal disc diameters)", np.linspace(1, 4.2, 33))
     roundness_plot = _histograms({k: np.array([c.fov_roundness for c in v]) for k, v in series.items()},
@@ -745,11 +749,14 @@ tree. The thresholds are the 1st (and 99th) percentiles of real training photogr
 sets, checked the same way, show what a real photograph scores (goal for synthetic images: 99% valid).
 Thresholds: disc score ≥ {t['disc_score_min']:.2f} when the network confirms no disc; fovea darkness ≥
 {t['fovea_z_min']:.2f} SD at {t['fovea_distance'][0]:.2f}-{t['fovea_distance'][1]:.2f} disc diameters and
-{t['fovea_angle'][0]:.0f} to {t['fovea_angle'][1]:.0f} degrees; vessel density ≥ {t['vessel_density_min']:.3f}.</p>
+{t['fovea_angle'][0]:.0f} to {t['fovea_angle'][1]:.0f} degrees; vessel density ≥ {t['vessel_density_min']:.3f}
+and, where the haze is at most {t['tree_haze_max']:.2f} (clearer than a cataract), vessels that branch: at least
+{t['tree_length_min']:.1f} disc diameters of vessel skeleton in pieces with three or more free ends (lines, arcs
+and rings, such as the edges of blobs, have fewer).</p>
 <table><tr><th>set</th><th>images</th><th>valid</th><th>clean circular FOV</th><th>exactly one disc</th>
 <th>two or more discs</th><th>disc confirmed by the network</th><th>fovea in place</th><th>vessel tree</th>
 <th>good / usable / reject</th></tr>{rows}</table>
-<div class='grid'><img src='{discs_plot}'><img src='{density_plot}'><img src='{distance_plot}'>
+<div class='grid'><img src='{discs_plot}'><img src='{density_plot}'><img src='{branching_plot}'><img src='{distance_plot}'>
 <img src='{roundness_plot}'></div>
 <h3>Invalid synthetic images ({len(invalid)} of {len(assets.synth_ids)}; optic discs found are circled)</h3>
 <div class='grid'>{cells or '<p>None.</p>'}</div>{more}
