@@ -21,9 +21,10 @@ from fundusgen.data.fundus import preprocess
 from fundusgen.errors import FundusgenError
 from fundusgen.eval import features as F
 from fundusgen.eval.anatomy import (Measurements, analysis_view, branching_length, calibration, check_image, count_discs,
-                                    fit_thresholds, vessel_mask)
+                                    fit_thresholds)
 from fundusgen.eval.cli import add_evaluate_parser
 from fundusgen.eval.realism import fid, frechet_distance, gaussian_statistics
+from fundusgen.measure.attributes import vessel_mask
 from fundusgen.eval.report import EvaluateConfig, ImageSource, RealSet, evaluate
 
 pytestmark = pytest.mark.skipif(F.inception_weights_path() is None,
@@ -330,7 +331,7 @@ def retina_with_blobs_for_vessels() -> tuple[np.ndarray, np.ndarray]:
     """(skimage's retina as the 256 px analysis view, the same with the vessels the network finds
     painted out and five blurry dark blobs on it): the default model's failure, drawn."""
     image, fov, _, _ = analysis_view(cv2.resize(data.retina(), (256, 256), interpolation=cv2.INTER_AREA))
-    vessels = cv2.dilate(vessel_mask(image, fov).astype(np.uint8), np.ones((5, 5), np.uint8))
+    vessels = cv2.dilate(vessel_mask(image, fov)[0].astype(np.uint8), np.ones((5, 5), np.uint8))
     blobs = np.zeros(fov.shape, np.float32)
     for x, y, r in ((95, 70, 16), (185, 95, 14), (160, 190, 18), (75, 185, 13), (200, 150, 10)):
         cv2.circle(blobs, (x, y), r, 1.0, -1)
@@ -375,7 +376,7 @@ def test_the_vessel_network_sees_a_frame_filling_view_inside_a_black_margin():
     frame = ~np.pad(np.ones((248, 248), bool), 4)
     bare = network_vessels(shipped_vessel_net(), image, fov)[1]
     assert (bare & frame).sum() > 0.4 * frame.sum()  # the band is 4 px; the marks, 2 px all round
-    assert (vessel_mask(image, fov) & frame).sum() < 0.15 * (bare & frame).sum()
+    assert (vessel_mask(image, fov)[0] & frame).sum() < 0.15 * (bare & frame).sum()
 
 
 def _measurements(score, confirmed, fovea=(150.0, 120.0, 2.0), density=0.1, branching=40.0, haze=0.3):

@@ -28,9 +28,10 @@ across (the generator's output size), and is valid when all of these hold:
    skeleton pieces with three or more free ends add up to at least ``tree_length_min`` nominal
    disc diameters (``branching_length``). A real photograph's tree is one or a few such pieces,
    tens of disc diameters long; what the network marks in an image without vessels (blob edges,
-   streaks, dashes) are lines, arcs and rings, which have two free ends or none. The network
-   sees the view inside a black margin (``VESSEL_MARGIN``), as it was trained: where a field of
-   view fills the frame, without it the network marks the frame itself.
+   streaks, dashes) are lines, arcs and rings, which have two free ends or none. The mask is the
+   measurement step's (``measure.attributes.vessel_mask``), which segments the view inside a
+   black margin, as the network was trained: where a field of view fills the frame, without it
+   the network marks the frame itself.
 
 The thresholds in ``CALIBRATION_FILE`` are quantiles (``REAL_QUANTILES``) of the same
 measurements on real training photographs of good quality, written by ``python -m fundusgen.eval.anatomy
@@ -57,6 +58,7 @@ from fundusgen.data.fundus import detect_fov, fov_roundness
 from fundusgen.data.quality import MIN_ROUNDNESS, assess
 from fundusgen.measure import disc as disc_measure
 from fundusgen.measure import lesions
+from fundusgen.measure import attributes
 from fundusgen.measure.disc import NOMINAL_DISC, dark_spot, disc_candidates, fov_geometry
 
 ANALYSIS_SIDE = 256           # the FOV-cropped square every image is judged at, in pixels
@@ -64,7 +66,6 @@ CANDIDATES = 3                # disc candidates looked at per image
 MIN_CONFIRMED_DIAMETER = 0.4  # a network disc smaller than this many nominal diameters is a bright speck
 SAME_DISC = 1.0               # confirmed discs closer than this many nominal diameters are one disc
 REAL_QUANTILES = (0.01, 0.99)  # the real range each measurement must fall in (one-sided where it says min)
-VESSEL_MARGIN = 8             # px of black around the view for the vessel network (see rule 4)
 MIN_FREE_ENDS = 3             # a skeleton piece with this many free ends branches (a line has 2, a ring 0)
 CALIBRATION_FILE = Path(__file__).with_name("anatomy_calibration.json")
 
@@ -178,20 +179,6 @@ def branching_length(mask: np.ndarray, dd: float) -> float:
     return float(np.isin(labels, branching[branching > 0]).sum()) / dd
 
 
-def vessel_mask(image: np.ndarray, fov: np.ndarray) -> np.ndarray:
-    """The vessel network's mask of a view (the classical one without its weights), run inside a
-    black margin of VESSEL_MARGIN px: the network was trained on photographs with a black
-    surround, and where a field of view fills the frame it marks the frame edge as vessel
-    (two thirds of the vessel pixels of 24 images of the default model lay in a 4 px band along it)."""
-    from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
-    m = VESSEL_MARGIN
-    padded, padded_fov = np.pad(image, ((m, m), (m, m), (0, 0))), np.pad(fov, m)
-    vnet = shipped_vessel_net()
-    mask = network_vessels(vnet, padded, padded_fov)[1] if vnet is not None else \
-        disc_measure.classical_vessels(padded, padded_fov)[1]
-    return mask[m:-m, m:-m]
-
-
 def measure_view(image: np.ndarray, fov: np.ndarray) -> Measurements:
     """Disc candidates, their confirmation by the disc/cup network, the fovea, the vessel density,
     branching vessel length and haze of a square FOV-cropped image."""
@@ -204,7 +191,7 @@ def measure_view(image: np.ndarray, fov: np.ndarray) -> Measurements:
         found = segment_disc_cup(net, image, fov, (x, y, dd)) if net is not None else None
         confirmed.append((found.x, found.y, found.diameter) if found else None)
     spot = dark_spot(image, fov, candidates[0][:2], dd) if candidates else None
-    vessels = vessel_mask(image, fov)
+    vessels = attributes.vessel_mask(image, fov)[0]
     return Measurements(candidates, confirmed, dd, spot, float(vessels[fov].mean()), branching_length(vessels, dd),
                         lesions.haze(image, fov)["haze"])
 
@@ -312,9 +299,8 @@ def summarise(checks: list[AnatomyCheck]) -> dict:
 def version() -> str:
     """Part of every cache key of these checks: a digest of the code, calibration and measurement
     weights they use, so that changing any of them recomputes them."""
-    from fundusgen.measure.attributes import weights_id
-    code = b"".join(Path(m.__file__).read_bytes() for m in (fundus, quality, disc_measure, lesions))
-    code += Path(__file__).read_bytes() + CALIBRATION_FILE.read_bytes() + weights_id().encode()
+    code = b"".join(Path(m.__file__).read_bytes() for m in (fundus, quality, disc_measure, lesions, attributes))
+    code += Path(__file__).read_bytes() + CALIBRATION_FILE.read_bytes() + attributes.weights_id().encode()
     return hashlib.sha1(code).hexdigest()[:16]
 
 
