@@ -198,7 +198,8 @@ def test_training_captions_say_what_was_measured_and_mirror_the_measured_eye():
     assert all("right" not in a and "left" not in a for a, _ in plain)  # no eye label, no measurement
     for (a, mirrored), (p, _) in zip(measured, plain):
         assert "right eye" in a.lower() and "left eye" in mirrored.lower()
-        assert "tortuous" in a.lower() and "hard exudates at the macula" in a.lower()
+        assert "tortuous" in a.lower() and "hazy" in a.lower()
+        assert "arcade" not in a.lower() and "at the macula" not in a.lower()  # unvalidated lesion cues stay out
         assert len(a) > len(p)
 
 
