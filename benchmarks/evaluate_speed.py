@@ -33,7 +33,7 @@ from fundusgen.cli import main as fundusgen_main
 from fundusgen.data.fundus import load_rgb, preprocess
 from fundusgen.eval.features import inception_weights_path, list_images
 from fundusgen.eval.report import EvaluateConfig, RealSet, evaluate
-from inception_speed import cpu_name
+from machine import cpu_name
 
 
 def source_photographs(data: Path, n: int) -> tuple[list[Path], list[np.ndarray], str]:

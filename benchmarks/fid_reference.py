@@ -46,18 +46,9 @@ from fundusgen.data.shards import iter_samples
 from fundusgen.errors import FundusgenError
 from fundusgen.eval.features import folder_features, inception_weights_path, is_prepared, load_inception
 from fundusgen.eval.realism import fid
+from machine import cpu_name
 
 CLEAN_FID_SCRIPT = Path(__file__).with_name("clean_fid_features.py")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def write_splits(prepared: Path, splits: list[str], n: int, out: Path) -> list[Path]:

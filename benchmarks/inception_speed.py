@@ -24,16 +24,7 @@ import torch
 from PIL import Image
 
 from fundusgen.eval.features import folder_features, inception_weights_path, list_images, load_inception, read_rgb
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+from machine import cpu_name
 
 
 def sample_images(data: Path, n: int) -> tuple[list[np.ndarray], str]:
