@@ -84,7 +84,6 @@ class RecipeConfig:
     out: str = "runs/default"
     seed: int = 0
     text_encoder: str = "minilm"          # 'minilm' (bundled) or a local path / hub id
-    max_text_tokens: int = 128
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     denoiser: DenoiserTrainConfig = field(default_factory=DenoiserTrainConfig)
     checkpoint_every: int = 200
