@@ -88,7 +88,6 @@ class RecipeConfig:
     denoiser: DenoiserTrainConfig = field(default_factory=DenoiserTrainConfig)
     checkpoint_every: int = 200
     log_every: int = 20
-    sample_every: int = 0                # 0: no preview samples during training
     mixed_precision: str = "auto"        # auto: bf16 on GPU, fp32 on CPU
     base_pipeline: str | None = None     # a local diffusers pipeline folder: fine-tune it instead (finetune_diffusers.py)
     exclude_datasets: list[str] = field(default_factory=list)  # datasets held out of training whole: an
