@@ -14,6 +14,7 @@ import yaml
 
 from fundusgen.cli import main
 from fundusgen.model.pipeline import FundusGen
+import test_train as train_recipe
 from model_fixtures import write_retina_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,15 +22,7 @@ KIT = ROOT / "tools" / "device"
 sys.path.insert(0, str(KIT))
 import pack  # noqa: E402
 
-TINY = {
-    "checkpoint_every": 3, "exclude_datasets": ["mex_dme_dr"],
-    "autoencoder": {"model": {"block_out_channels": [8, 16], "norm_num_groups": 4}, "steps": 4, "batch_size": 2, "crop": 32},
-    "denoiser": {"model": {"hidden_size": 32, "depth": 1, "num_heads": 2}, "caption_variants": 2,
-                 "stages": [{"name": "pretrain", "resolution": 32, "subset": "all", "steps": 6, "batch_size": 4,
-                             "lr": 2e-3, "warmup": 2},
-                            {"name": "highres", "resolution": 64, "subset": "purified", "steps": 3, "batch_size": 2,
-                             "lr": 1e-3, "warmup": 0}]},
-}
+TINY = {**train_recipe.TINY, "exclude_datasets": ["mex_dme_dr"]}
 
 
 def test_parts_hold_every_file_once_and_none_is_over_budget(tmp_path):

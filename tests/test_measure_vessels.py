@@ -78,6 +78,27 @@ def test_training_resumes_exactly_and_saves_a_model_folder(tmp_path, monkeypatch
     assert prob.shape == fov.shape and mask.dtype == bool
 
 
+def test_a_run_stopped_after_a_checkpoint_leaves_a_loadable_model_folder(tmp_path, monkeypatch):
+    import pytest
+    from fundusgen.measure import vessels
+    data = write_prepared(tmp_path / "data", size=96, vessels=True)
+    draw, calls = vessels._batch, []
+
+    def draw_then_stop(*args):
+        calls.append(1)
+        if len(calls) > 2:  # the third step: after the checkpoint at step 2
+            raise KeyboardInterrupt
+        return draw(*args)
+
+    monkeypatch.setattr(vessels, "_batch", draw_then_stop)
+    cfg = VesselTrainConfig(data=str(data), out=str(tmp_path / "run"), steps=4, batch_size=2, crop=32, channels=4,
+                            depth=2, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_vessel_net(cfg, progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps_done"] == 2
+    assert load_vessel_net(tmp_path / "run").config["depth"] == 2
+
+
 def test_shipped_network_loads_with_its_calibrated_threshold_and_measure_uses_it():
     import torch
     from fundusgen.errors import FundusgenError

@@ -57,8 +57,7 @@ from fundusgen.data import fundus, quality
 from fundusgen.data.fundus import detect_fov, fov_roundness
 from fundusgen.data.quality import MIN_ROUNDNESS, assess
 from fundusgen.measure import disc as disc_measure
-from fundusgen.measure import lesions
-from fundusgen.measure import attributes
+from fundusgen.measure import attributes, lesions
 from fundusgen.measure.disc import NOMINAL_DISC, dark_spot, disc_candidates, fov_geometry
 
 ANALYSIS_SIDE = 256           # the FOV-cropped square every image is judged at, in pixels

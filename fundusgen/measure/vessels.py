@@ -285,13 +285,15 @@ def dice_bce(logits, target):
 
 
 def fit_segmentation(model, draw_batch, cfg, out: Path, *, desc: str, progress: bool = True,
-                     images_per_step: int = 0, loss_fn=None):
+                     images_per_step: int = 0, loss_fn=None, on_checkpoint=None):
     """The training loop of the project's measurement networks (vessel and disc/cup U-Nets, the
     laterality net): AdamW, cosine decay, ``loss_fn(output, y)`` (default BCE + Dice, ``dice_bce``);
     ``draw_batch(g)`` gives (x, y) from the step's generator, so that a run
     resumed from ``out/checkpoint.pt`` after a kill draws exactly what an uninterrupted one would.
     ``cfg`` has steps, lr, seed and checkpoint_every. The progress bar counts steps, or images when
-    ``images_per_step`` is given. Returns the trained model (on the CPU, unwrapped)."""
+    ``images_per_step`` is given. ``on_checkpoint(model, steps_done)``, when given, runs after each
+    checkpoint (a trainer writes its model folder there, so a run stopped early leaves one).
+    Returns the trained model (on the CPU, unwrapped)."""
     torch = _torch()
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -325,6 +327,8 @@ def fit_segmentation(model, draw_batch, cfg, out: Path, *, desc: str, progress: 
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(out / "checkpoint.pt", model=accelerator.unwrap_model(model).state_dict(),
                             optimizer=optimizer.state_dict(), step=torch.tensor(step + 1))
+            if on_checkpoint is not None:
+                on_checkpoint(accelerator.unwrap_model(model), step + 1)
     bar.close()
     return accelerator.unwrap_model(model)
 
@@ -332,7 +336,7 @@ def fit_segmentation(model, draw_batch, cfg, out: Path, *, desc: str, progress: 
 def train_vessel_net(cfg: VesselTrainConfig, progress: bool = True) -> Path:
     """Train the vessel U-Net on random crops; resumes exactly from ``out/checkpoint.pt`` after a kill."""
     torch = _torch()
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from fundusgen.errors import FundusgenError
 
@@ -347,13 +351,17 @@ def train_vessel_net(cfg: VesselTrainConfig, progress: bool = True) -> Path:
         cfg = replace(cfg, channels=model.config["channels"], depth=model.config["depth"])
     else:
         model = build_unet(cfg.channels, cfg.depth)
-    net = fit_segmentation(model, lambda g: _batch(images, cfg.batch_size, cfg.crop, g), cfg, out,
-                           desc="train vessels", progress=progress)
-    from fundusgen.data.shards import atomic_write_text
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
-    atomic_write_text(out / "config.json", json.dumps({"kind": "vessel-unet", **net.config,
-                                                       "trained": asdict(cfg)}, indent=2))
+
+    def write_folder(net, steps_done: int) -> None:  # a loadable model folder at every checkpoint
+        from fundusgen.data.shards import atomic_write_bytes, atomic_write_text
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "model.safetensors",
+                           save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}))
+        atomic_write_text(out / "config.json", json.dumps({"kind": "vessel-unet", **net.config, "trained": asdict(cfg),
+                                                           "steps_done": steps_done}, indent=2))
+
+    fit_segmentation(model, lambda g: _batch(images, cfg.batch_size, cfg.crop, g), cfg, out,
+                     desc="train vessels", progress=progress, on_checkpoint=write_folder)
     return out
 
 

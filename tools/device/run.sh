@@ -58,18 +58,8 @@ case "${1:-}" in
     : "${OUT:?OUT is set by the device tool}"
     cd "$FG"; rm -rf export && mkdir -p export/logs
     "$PYTHON" -m fundusgen.cli export run export/model || echo "no model to export yet" >&2
-    if [ -f vessels/model.safetensors ]; then cp -r vessels export/vessels && rm -f export/vessels/checkpoint.pt
-    elif [ -f vessels/checkpoint.pt ]; then  # stopped early: its latest checkpoint as a model folder
-      "$PYTHON" - <<'PY'
-import json, os, torch
-from safetensors.torch import save_file
-state = torch.load("vessels/checkpoint.pt", map_location="cpu", weights_only=True)
-os.makedirs("export/vessels", exist_ok=True)
-save_file({k: v.contiguous() for k, v in state["model"].items()}, "export/vessels/model.safetensors")
-json.dump({"kind": "vessel-unet", "channels": 16, "depth": 4, "outputs": 1, "trained": {"steps": int(state["step"])}},
-          open("export/vessels/config.json", "w"), indent=2)
-PY
-    fi
+    # the vessel trainer leaves a model folder at every checkpoint
+    if [ -f vessels/model.safetensors ]; then cp -r vessels export/vessels && rm -f export/vessels/checkpoint.pt; fi
     cp recipe.yaml export/ ; cp run/recipe.json run/denoiser/loss_history.json export/ 2>/dev/null || true
     for f in logs/*; do tr '\r' '\n' < "$f" | grep -v '^\s*$' | awk 'NR%20==1' > "export/$f"; tail -c 4000 "$f" >> "export/$f"; done
     tar -cf export.tar -C export .
