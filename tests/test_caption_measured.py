@@ -10,7 +10,7 @@ MEASURED = {
     "disc": {"x": 0.8, "y": 0.5, "diameter": 0.15, "ratio": 0.15}, "fovea": {"x": 0.5, "y": 0.5},
     "vessels": {"all": {"density": 0.1, "calibre": 3.0, "tortuosity": 1.2, "fractal_dimension": 1.5}},
     "lesions": {"bright": {"count": 12, "regions": {"macula": 8, "superior_arcade": 4}},
-                "dark": {"count": 5, "regions": {"inferior_arcade": 5}}},
+                "dark": {"count": 16, "regions": {"inferior_arcade": 12, "peripapillary": 4}}},
 }
 
 
@@ -60,3 +60,15 @@ def test_caption_command_writes_captions_per_shard_and_reports_token_lengths(tmp
     assert "left" in rows[0]["caption"].lower() and "moderate" in rows[1]["caption"].lower()
     assert main(["caption", str(prepared), "--quiet", "--no-token-check"]) == 0
     assert "0 shards written, 2 already done" in capsys.readouterr().out
+
+
+def test_the_measured_cup_to_disc_ratio_is_said_unless_a_label_argues():
+    def caption(measured, method="network", **labels):
+        m = dict(MEASURED, disc=dict(MEASURED["disc"], cdr=measured, method=method))
+        return describe({**labels, "measurements": m}, 0).lower()
+    assert "cup-to-disc ratio about 0.4" in caption(0.43)
+    assert "cup-to-disc ratio about 0.7" in caption(0.72, glaucoma=True)
+    assert "cup-to-disc ratio" not in caption(0.72, method="classical")  # only the validated network's
+    assert "ratio about 0.3" not in caption(0.3, glaucoma=True)           # a small cup beside a glaucoma label
+    assert "ratio about 0.8" not in caption(0.8, glaucoma=False)
+    assert "cup-to-disc ratio about 0.5" in caption(0.3, cdr=0.5)         # the experts' label wins

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from fundusgen.caption.lesions import LESION_MIN_SPOTS, spots_off_disc
 from fundusgen.vocab import (DR_GRADE_PHRASES, CataractSeverity, DRGrade, DRStage, Eye, VocabularyError,
                              parse_dr_grade, parse_eye)
 
@@ -155,7 +156,7 @@ def attributes_from_options(**options) -> dict[str, Any]:
 # the measured eye is stated from this confidence: right for 98.2% of the 82% of Mexican-set photos
 # that reach it, 99.8% of the 98% on the 10-class set (fundusgen.measure.validate)
 EYE_CONFIDENCE = 0.9
-MIN_LESION_SPOTS = 3       # fewer measured spots are not mentioned (noise, reflexes)
+GLAUCOMA_CDR = 0.6        # a measured CDR below this is not stated beside a glaucoma label (0.7 and up not beside "no glaucoma")
 # word bands of the measured vessel figures (calibre in px at a 512 px FOV)
 CALIBRE_BANDS = (2.6, 4.0)
 TORTUOSITY_BANDS = (1.10, 1.18)
@@ -178,6 +179,14 @@ def _with_measured_labels(a: dict, m: dict) -> dict:
     grade = (m.get("quality") or {}).get("grade")
     if "quality_grade" not in a and grade in _QUALITY:
         a["quality_grade"] = grade
+    cdr = (m.get("disc") or {}).get("cdr")
+    if "cdr" not in a and cdr is not None and grade != "reject" and (m.get("disc") or {}).get("method") == "network":
+        # the disc/cup network's vertical CDR (Drishti-GS1 test: mean absolute error 0.05), unless
+        # it would argue with a glaucoma label
+        said = round(float(cdr), 1)
+        if not (a.get("glaucoma") is True and said < GLAUCOMA_CDR) and not (a.get("glaucoma") is False and said >= GLAUCOMA_CDR + 0.1):
+            if 0.1 <= said <= 0.9:
+                a["cdr"] = said
     return a
 
 
@@ -200,29 +209,33 @@ _REGION_WORDS = {"macula": "at the macula", "peripapillary": "around the optic d
 
 
 def _where(regions: dict[str, int]) -> str:
-    top = [r for r, _ in sorted(regions.items(), key=lambda kv: -kv[1])][:2]
+    """The (at most two) regions holding most spots; the peripapillary ring is not counted."""
+    top = [r for r, _ in sorted(regions.items(), key=lambda kv: -kv[1]) if r != "peripapillary"][:2]
     return " and ".join(_REGION_WORDS[r] for r in top if r in _REGION_WORDS)
 
 
 def _lesion_sentences(a: dict, m: dict, rng: random.Random) -> list[str]:
+    """Lesions named from the measured cues only at counts about one no-DR photograph in ten
+    reaches (``fundusgen.caption.lesions``), by the type the labels allow."""
     lesions = m.get("lesions") or {}
     if _labelled_free_of_lesions(a):
         return []
     out = []
     bright, dark = lesions.get("bright") or {}, lesions.get("dark") or {}
+    n_bright, n_dark = spots_off_disc(bright), spots_off_disc(dark)
     dr = _dr_label(a) is True
-    if bright.get("count", 0) >= MIN_LESION_SPOTS:
+    if n_bright >= LESION_MIN_SPOTS["bright"]:
         name = ("hard exudates" if dr else "drusen" if a.get("amd") is True
                 else _pick(rng, ["bright spots", "small yellow-white deposits"]))
-        few = bright["count"] < 10
-        out.append(f"{_pick(rng, ['A few', 'Some'] if few else ['Numerous', 'Many'])} {name} "
-                   f"{_where(bright.get('regions', {}))}.")
-    if dark.get("count", 0) >= MIN_LESION_SPOTS and _dr_label(a) is not False:
+        few = n_bright < 2 * LESION_MIN_SPOTS["bright"]
+        out.append(f"{_pick(rng, ['Some', 'Several'] if few else ['Numerous', 'Many'])} {name} "
+                   f"{_where(bright.get('regions', {}))}".rstrip() + ".")
+    if n_dark >= LESION_MIN_SPOTS["dark"] and _dr_label(a) is not False:
         name = (_pick(rng, ["microaneurysms and dot haemorrhages", "red dots and blot haemorrhages"]) if dr
                 else _pick(rng, ["small dark red spots", "dark red dots"]))
-        few = dark["count"] < 10
-        out.append(f"{_pick(rng, ['A few', 'Scattered'] if few else ['Numerous', 'Many'])} {name} "
-                   f"{_where(dark.get('regions', {}))}.")
+        few = n_dark < 2 * LESION_MIN_SPOTS["dark"]
+        out.append(f"{_pick(rng, ['Scattered', 'Several'] if few else ['Numerous', 'Many'])} {name} "
+                   f"{_where(dark.get('regions', {}))}".rstrip() + ".")
     return out
 
 

@@ -33,17 +33,14 @@ def _seed(key: str, variant: int) -> int:
 
 def captions_for(meta: dict, variants: int, measurements: dict | None = None) -> list[tuple[str, str]]:
     """[(caption, caption of the mirrored image)] * variants. With the image's measurements
-    (``fundusgen measure``) the captions also say what was measured (disc, fovea, vessels, haze;
-    not the lesion cues), as the template writer of ``fundusgen caption`` does; the mirrored
+    (``fundusgen measure``) the captions also say what was measured (disc, fovea, vessels, haze,
+    lesion cues at the calibrated counts of ``fundusgen.caption.lesions``), as the template writer of ``fundusgen caption`` does; the mirrored
     image's measured eye is swapped like its label. An expert description, when the record has one,
     replaces the last variant: it is a real caption."""
     record = dict(meta["record"])
     record["quality_grade"] = meta["quality"]["grade"]
     mirrored = dict(record, eye=_SWAP.get(record.get("eye")))
     if measurements:
-        # lesion cues are left out: weak (dark-spot count vs DR label, AUC 0.77 at 256 px), they pass
-        # the template's threshold on 96% of training photographs, normal eyes included (README)
-        measurements = {k: v for k, v in measurements.items() if k != "lesions"}
         record["measurements"] = measurements
         mirrored["measurements"] = dict(measurements, eye=_SWAP.get(measurements.get("eye")))
     out = [(describe(record, _seed(meta["key"], v)), describe(mirrored, _seed(meta["key"], v))) for v in range(variants)]
