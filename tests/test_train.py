@@ -58,6 +58,13 @@ def test_tiny_recipe_trains_end_to_end_and_the_loss_falls(prepared, tmp_path):
     assert (tmp_path / "run" / "denoiser" / "logs").is_dir()  # TensorBoard
 
 
+def test_a_recipe_without_denoiser_stages_trains_the_autoencoder_only(prepared, tmp_path):
+    recipe = _recipe(tmp_path / "ae.yaml", prepared, tmp_path / "run", denoiser={"stages": []})
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 0
+    assert (tmp_path / "run" / "autoencoder" / "final" / "config.json").is_file()
+    assert not (tmp_path / "run" / "denoiser").exists() and not (tmp_path / "run" / "cache.safetensors").exists()
+
+
 def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsys):
     bad = tmp_path / "typo.yaml"
     bad.write_text("denoiser:\n  caption_dropuot: 0.2\n")

@@ -32,6 +32,8 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
     (out / "recipe.json").write_text(json.dumps(asdict(cfg), indent=2))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ae_dir = train_autoencoder(cfg, progress)
+    if not cfg.denoiser.stages:  # an autoencoder-only recipe (e.g. a probe another recipe starts from)
+        return ae_dir
     vae = FundusAutoencoder.from_pretrained(str(ae_dir)).to(device).eval()
     text_encoder = TextEncoder(cfg.text_encoder, device=device)
     resolutions = sorted({s.resolution for s in cfg.denoiser.stages})

@@ -52,9 +52,9 @@ def _reencode(jpg_or_png: bytes, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def compact_copy(src: Path, dst: Path, keep, quality: int, masks: bool, desc: str, shard_size: int = 1000) -> int:
+def compact_copy(src: Path, dst: Path, keep, quality: int | None, masks: bool, desc: str, shard_size: int = 1000) -> int:
     """A prepared folder holding the samples of ``src`` whose meta passes ``keep(meta)``, images
-    re-encoded as JPEG at ``quality``, their index rows, measurements (``measure/``) and purify
+    re-encoded as JPEG at ``quality`` (None: their stored bytes, e.g. for a reference subset), their index rows, measurements (``measure/``) and purify
     verdicts (``purified.parquet``), which the trainer turns into captions and the purified
     subset. Returns the number of samples."""
     index = read_index(src)
@@ -79,7 +79,7 @@ def compact_copy(src: Path, dst: Path, keep, quality: int, masks: bool, desc: st
             if not keep(meta):
                 continue
             image = raw.get("jpg", raw.get("png"))
-            out = {"__key__": raw["__key__"], "jpg": _reencode(image, quality), "json": raw["json"]}
+            out = {"__key__": raw["__key__"], "jpg": image if quality is None else _reencode(image, quality), "json": raw["json"]}
             out |= {k: v for k, v in raw.items() if k.endswith(".png") and (masks or k == "fov.png")}
             samples.append(out)
             kept.append(meta["key"])
