@@ -20,7 +20,7 @@ def _m(eye="left", conf=0.95, dark=0, haze=0.1, cdr=None) -> dict:
 
 def test_scores_on_hand_made_items():
     items = [fa.Item({"eye": "left", "dr_grade": 0}, _m("left", dark=0), {"dr_grade": 0}),
-             fa.Item({"eye": "left", "dr_grade": 2}, _m("right", 0.5, dark=5), {"dr_grade": 2}),
+             fa.Item({"eye": "left", "dr_grade": 2}, _m("right", 0.5, dark=15), {"dr_grade": 2}),
              fa.Item({"eye": "right", "dr_grade": 4}, _m("right", dark=1), {"dr_grade": 3}),
              fa.Item({"eye": "right", "cataract_severity": "severe"}, _m("right", haze=0.7)),
              fa.Item({"eye": "right", "cataract_severity": "none"}, _m("right", haze=0.2)),
@@ -29,7 +29,7 @@ def test_scores_on_hand_made_items():
     s = fa.score(items, haze_threshold=0.5)
     assert s["eye"]["n"] == 7 and s["eye"]["accuracy"] == pytest.approx(6 / 7)
     assert s["eye"]["confident_share"] == pytest.approx(6 / 7) and s["eye"]["confident_accuracy"] == 1.0
-    # lesions: grade 0 none (right), grade 2 with 5 spots (right), grade 4 with 1 spot (missed)
+    # lesions (the captions' 11 spots off the disc): grade 0 none (right), grade 2 with 15 (right), grade 4 with 1 (missed)
     assert s["dr_lesions"]["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
     assert s["dr_grade"]["accuracy"] == pytest.approx(2 / 3) and s["dr_grade"]["confusion"][4][3] == 1
     assert s["dr_grade"]["mean_absolute_error"] == pytest.approx(1 / 3)

@@ -34,6 +34,7 @@ from typing import Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from fundusgen.caption.lesions import LESION_MIN_SPOTS, spots_off_disc
 from fundusgen.errors import FundusgenError
 
 DR_GRADES = (0, 1, 2, 3, 4)
@@ -79,7 +80,6 @@ def requested(folder: Path) -> dict[str, dict]:
 
 # --- predictors: one image's measurements -> what it shows -------------------------------------
 
-MIN_DARK_LESIONS = 3  # the caption writer's threshold: fewer measured spots are not mentioned
 
 
 def measure_image(rgb: np.ndarray, side: int = 512) -> dict:
@@ -108,7 +108,8 @@ def measure_cached(folder: Path, ids: list[str], *, cache_dir: Path | None, desc
 
 
 def shows_dark_lesions(m: dict) -> bool:
-    return int(m["lesions"]["dark"]["count"]) >= MIN_DARK_LESIONS
+    """Dark lesions as the caption writer names them: enough spots off the disc (``fundusgen.caption.lesions``)."""
+    return spots_off_disc(m["lesions"]["dark"]) >= LESION_MIN_SPOTS["dark"]
 
 
 def haze_value(m: dict) -> float:
