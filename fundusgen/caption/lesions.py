@@ -68,9 +68,9 @@ def check_thresholds(table, thresholds: dict[str, int]) -> dict:
     (false alarms) and DR photographs (hits) a caption would name the lesion for."""
     from sklearn.metrics import roc_auc_score
     out = {"photographs": int(len(table)), "with_dr": int(table["dr"].sum())}
+    both = table["dr"].nunique() == 2
     for cue, t in thresholds.items():
         said = table[cue] >= t
-        both = table["dr"].nunique() == 2
         out[cue] = {"threshold": t, "auc": round(float(roc_auc_score(table["dr"], table[cue])), 3) if both else None,
                     "false_alarms": round(float(said[~table["dr"]].mean()), 3) if (~table["dr"]).any() else None,
                     "hits": round(float(said[table["dr"]].mean()), 3) if table["dr"].any() else None}

@@ -179,14 +179,14 @@ def _with_measured_labels(a: dict, m: dict) -> dict:
     grade = (m.get("quality") or {}).get("grade")
     if "quality_grade" not in a and grade in _QUALITY:
         a["quality_grade"] = grade
-    cdr = (m.get("disc") or {}).get("cdr")
-    if "cdr" not in a and cdr is not None and grade != "reject" and (m.get("disc") or {}).get("method") == "network":
+    disc = m.get("disc") or {}
+    if "cdr" not in a and disc.get("cdr") is not None and grade != "reject" and disc.get("method") == "network":
         # the disc/cup network's vertical CDR (Drishti-GS1 test: mean absolute error 0.05), unless
         # it would argue with a glaucoma label
-        said = round(float(cdr), 1)
-        if not (a.get("glaucoma") is True and said < GLAUCOMA_CDR) and not (a.get("glaucoma") is False and said >= GLAUCOMA_CDR + 0.1):
-            if 0.1 <= said <= 0.9:
-                a["cdr"] = said
+        said = round(float(disc["cdr"]), 1)
+        argues = (a.get("glaucoma") is True and said < GLAUCOMA_CDR) or (a.get("glaucoma") is False and said >= GLAUCOMA_CDR + 0.1)
+        if not argues and 0.1 <= said <= 0.9:
+            a["cdr"] = said
     return a
 
 
@@ -222,21 +222,22 @@ def _lesion_sentences(a: dict, m: dict, rng: random.Random) -> list[str]:
         return []
     out = []
     bright, dark = lesions.get("bright") or {}, lesions.get("dark") or {}
-    n_bright, n_dark = spots_off_disc(bright), spots_off_disc(dark)
     dr = _dr_label(a) is True
-    if n_bright >= LESION_MIN_SPOTS["bright"]:
+    if spots_off_disc(bright) >= LESION_MIN_SPOTS["bright"]:
         name = ("hard exudates" if dr else "drusen" if a.get("amd") is True
                 else _pick(rng, ["bright spots", "small yellow-white deposits"]))
-        few = n_bright < 2 * LESION_MIN_SPOTS["bright"]
-        out.append(f"{_pick(rng, ['Some', 'Several'] if few else ['Numerous', 'Many'])} {name} "
-                   f"{_where(bright.get('regions', {}))}".rstrip() + ".")
-    if n_dark >= LESION_MIN_SPOTS["dark"] and _dr_label(a) is not False:
+        out.append(_cue_sentence(bright, "bright", name, ["Some", "Several"], rng))
+    if spots_off_disc(dark) >= LESION_MIN_SPOTS["dark"] and _dr_label(a) is not False:
         name = (_pick(rng, ["microaneurysms and dot haemorrhages", "red dots and blot haemorrhages"]) if dr
                 else _pick(rng, ["small dark red spots", "dark red dots"]))
-        few = n_dark < 2 * LESION_MIN_SPOTS["dark"]
-        out.append(f"{_pick(rng, ['Scattered', 'Several'] if few else ['Numerous', 'Many'])} {name} "
-                   f"{_where(dark.get('regions', {}))}".rstrip() + ".")
+        out.append(_cue_sentence(dark, "dark", name, ["Scattered", "Several"], rng))
     return out
+
+
+def _cue_sentence(cue: dict, kind: str, name: str, few_words: list[str], rng: random.Random) -> str:
+    """'Some hard exudates at the macula.': twice the threshold's spots make them numerous."""
+    few = spots_off_disc(cue) < 2 * LESION_MIN_SPOTS[kind]
+    return f"{_pick(rng, few_words if few else ['Numerous', 'Many'])} {name} {_where(cue.get('regions', {}))}".rstrip() + "."
 
 
 def measured_sentences(a: dict, m: dict, rng: random.Random) -> list[str]:

@@ -34,9 +34,10 @@ def _seed(key: str, variant: int) -> int:
 def captions_for(meta: dict, variants: int, measurements: dict | None = None) -> list[tuple[str, str]]:
     """[(caption, caption of the mirrored image)] * variants. With the image's measurements
     (``fundusgen measure``) the captions also say what was measured (disc, fovea, vessels, haze,
-    lesion cues at the calibrated counts of ``fundusgen.caption.lesions``), as the template writer of ``fundusgen caption`` does; the mirrored
-    image's measured eye is swapped like its label. An expert description, when the record has one,
-    replaces the last variant: it is a real caption."""
+    lesion cues at the calibrated counts of ``fundusgen.caption.lesions``), as the template
+    writer of ``fundusgen caption`` does; the mirrored image's measured eye is swapped like its
+    label. An expert description, when the record has one, replaces the last variant: it is a
+    real caption."""
     record = dict(meta["record"])
     record["quality_grade"] = meta["quality"]["grade"]
     mirrored = dict(record, eye=_SWAP.get(record.get("eye")))
