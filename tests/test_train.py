@@ -74,6 +74,21 @@ def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsy
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_stage_learning_rate_warms_up_then_stays_or_follows_a_half_cosine_to_zero(tmp_path):
+    from fundusgen.train.config import StageConfig
+    from fundusgen.train.denoiser import lr_at
+    flat = StageConfig(steps=110, lr=1e-3, warmup=10)
+    assert [lr_at(flat, s) for s in (0, 4, 9, 60, 109)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    cos = StageConfig(steps=110, lr=1e-3, warmup=10, decay="cosine")
+    assert lr_at(cos, 4) == pytest.approx(5e-4) and lr_at(cos, 10) == pytest.approx(1e-3)
+    assert lr_at(cos, 60) == pytest.approx(5e-4)  # half way through the decay
+    assert lr_at(cos, 109) < 1e-6 and all(lr_at(cos, s) >= lr_at(cos, s + 1) for s in range(10, 109))
+    bad = tmp_path / "decay.yaml"
+    bad.write_text("denoiser:\n  stages:\n    - {name: pretrain, decay: linear}\n")
+    with pytest.raises(FundusgenError, match=r"decay.yaml.denoiser.stages\[0\]: decay must be 'none' or 'cosine', not 'linear'"):
+        load_recipe(bad)
+
+
 def _train_cmd(recipe: Path) -> list[str]:
     return [sys.executable, "-m", "fundusgen.cli", "train", "--config", str(recipe), "--quiet"]
 

@@ -60,6 +60,11 @@ class StageConfig:
     batch_size: int = 32
     lr: float = 3e-4
     warmup: int = 100
+    decay: str = "none"        # none | cosine: after warmup, lr follows a half cosine to zero at the last step
+
+    def __post_init__(self):
+        if self.decay not in ("none", "cosine"):
+            raise ValueError(f"decay must be 'none' or 'cosine', not {self.decay!r}")
 
 
 @dataclass
@@ -116,7 +121,10 @@ def _build(cls, data, where: str):
             kwargs[key] = _build(t, value, f"{where}.{key}")
         else:
             kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a value a dataclass refuses in __post_init__
+        raise FundusgenError(f"{where}: {e}") from None
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> RecipeConfig:

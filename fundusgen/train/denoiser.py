@@ -7,6 +7,7 @@ run resumes exactly where it stopped, in the middle of any stage.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -56,7 +57,13 @@ def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConf
 
 
 def lr_at(stage: StageConfig, step: int) -> float:
-    return stage.lr * min(1.0, (step + 1) / stage.warmup) if stage.warmup else stage.lr
+    """Linear warmup over ``stage.warmup`` steps, then constant or a half cosine to zero at the last step."""
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    if stage.decay == "cosine":
+        done = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+        return stage.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+    return stage.lr
 
 
 def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, latent_channels: int,
