@@ -86,6 +86,20 @@ def parse_dr_grade(value) -> DRGrade:
     return DRGrade(g)
 
 
+def has_dr(labels) -> bool | None:
+    """Whether a record's labels say there is diabetic retinopathy: from ``dr_grade``, else
+    ``dr_stage``, else the yes/no ``dr`` flag; None where none is known (missing or NaN)."""
+    def known(key):
+        v = labels.get(key)
+        return None if v is None or (isinstance(v, float) and v != v) else v
+    grade, stage, flag = known("dr_grade"), known("dr_stage"), known("dr")
+    if grade is not None:
+        return int(grade) > 0
+    if stage is not None:
+        return (stage if isinstance(stage, DRStage) else parse_dr_stage(stage)) is not DRStage.NONE
+    return None if flag is None else bool(flag)
+
+
 def parse_dr_stage(value: str) -> DRStage:
     key = str(value).strip().lower()
     aliases = {"0": DRStage.NONE, "none": DRStage.NONE, "no dr": DRStage.NONE, "normal": DRStage.NONE,

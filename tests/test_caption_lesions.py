@@ -60,3 +60,25 @@ def test_captions_name_lesions_only_at_the_calibrated_counts():
     below, at = caption(LESION_MIN_SPOTS["dark"] - 1), caption(LESION_MIN_SPOTS["dark"])
     assert "at the macula" not in below and "at the macula" in at
     assert "numerous" in caption(2 * LESION_MIN_SPOTS["dark"]) or "many" in caption(2 * LESION_MIN_SPOTS["dark"])
+
+
+def test_photographs_labelled_by_dr_stage_alone_count_as_labelled(tmp_path):
+    from fundusgen.caption.lesions import lesion_table
+    root = _measured_folder(tmp_path, n=4)
+    index = pd.read_parquet(root / "index.parquet")
+    index["dr_stage"] = [None] * len(index)
+    index.loc[0, ["dr_grade", "dr_stage"]] = [float("nan"), "npdr"]  # Mexican-style: a stage, no grade
+    index.loc[1, ["dr_grade", "dr_stage"]] = [float("nan"), "none"]
+    index.loc[2, ["dr_grade", "dr"]] = [float("nan"), None]  # nothing known: left out
+    index.to_parquet(root / "index.parquet")
+    table = lesion_table(root).set_index("key")["dr"]
+    assert bool(table["x__0"]) is True
+    assert not table["x__1"] and "x__2" not in table.index and len(table) == 7
+
+
+def test_has_dr_reads_grade_then_stage_then_flag():
+    from fundusgen.vocab import DRStage, has_dr
+    assert has_dr({"dr_grade": 0, "dr": True}) is False and has_dr({"dr_grade": 3.0}) is True
+    assert has_dr({"dr_grade": float("nan"), "dr_stage": "PDR"}) is True
+    assert has_dr({"dr_stage": DRStage.NONE, "dr": True}) is False
+    assert has_dr({"dr": True}) is True and has_dr({"dr": float("nan")}) is None and has_dr({}) is None

@@ -37,6 +37,7 @@ def lesion_table(measured: str | Path):
     import pandas as pd
     from fundusgen.data.prepare import read_index
     from fundusgen.measure.run import read_measurements
+    from fundusgen.vocab import has_dr
     measured = Path(measured)
     index = read_index(measured)
     rows = []
@@ -50,8 +51,7 @@ def lesion_table(measured: str | Path):
     if not rows:
         raise ValueError(f"{measured}: nothing measured (run `fundusgen measure {measured}` first)")
     table = pd.DataFrame(rows).merge(index, on="key")
-    grade = pd.to_numeric(table["dr_grade"], errors="coerce")
-    dr = grade.gt(0).where(grade.notna(), table["dr"])
+    dr = pd.Series([has_dr(r) for r in table.to_dict("records")], index=table.index, dtype=object)
     table = table.assign(dr=dr)[dr.notna()]
     return table.assign(dr=table["dr"].astype(bool))[["key", "dataset", "split", "patient", "dr", "dark", "bright"]]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from fundusgen.caption.lesions import LESION_MIN_SPOTS, spots_off_disc
 from fundusgen.vocab import (DR_GRADE_PHRASES, CataractSeverity, DRGrade, DRStage, Eye, VocabularyError,
-                             parse_dr_grade, parse_eye)
+                             has_dr, parse_dr_grade, parse_eye)
 
 _OPENINGS = {
     None: ["Colour fundus photograph.", "Fundus photograph of the retina.", "Retinal fundus image."],
@@ -190,17 +190,8 @@ def _with_measured_labels(a: dict, m: dict) -> dict:
     return a
 
 
-def _dr_label(a: dict) -> bool | None:
-    """Whether the labels say there is diabetic retinopathy (from dr, dr_grade or dr_stage)."""
-    if a.get("dr_grade") is not None:
-        return int(a["dr_grade"]) > 0
-    if a.get("dr_stage") is not None:
-        return a["dr_stage"] != "none"
-    return a.get("dr")
-
-
 def _labelled_free_of_lesions(a: dict) -> bool:
-    return _dr_label(a) is False and a.get("amd") is not True and a.get("other") is not True and a.get("hypertension") is not True
+    return has_dr(a) is False and a.get("amd") is not True and a.get("other") is not True and a.get("hypertension") is not True
 
 
 _REGION_WORDS = {"macula": "at the macula", "peripapillary": "around the optic disc",
@@ -222,12 +213,12 @@ def _lesion_sentences(a: dict, m: dict, rng: random.Random) -> list[str]:
         return []
     out = []
     bright, dark = lesions.get("bright") or {}, lesions.get("dark") or {}
-    dr = _dr_label(a) is True
+    dr = has_dr(a) is True
     if spots_off_disc(bright) >= LESION_MIN_SPOTS["bright"]:
         name = ("hard exudates" if dr else "drusen" if a.get("amd") is True
                 else _pick(rng, ["bright spots", "small yellow-white deposits"]))
         out.append(_cue_sentence(bright, "bright", name, ["Some", "Several"], rng))
-    if spots_off_disc(dark) >= LESION_MIN_SPOTS["dark"] and _dr_label(a) is not False:
+    if spots_off_disc(dark) >= LESION_MIN_SPOTS["dark"] and has_dr(a) is not False:
         name = (_pick(rng, ["microaneurysms and dot haemorrhages", "red dots and blot haemorrhages"]) if dr
                 else _pick(rng, ["small dark red spots", "dark red dots"]))
         out.append(_cue_sentence(dark, "dark", name, ["Scattered", "Several"], rng))

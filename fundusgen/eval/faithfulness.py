@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from fundusgen.caption.lesions import LESION_MIN_SPOTS, spots_off_disc
 from fundusgen.errors import FundusgenError
+from fundusgen.vocab import has_dr
 
 DR_GRADES = (0, 1, 2, 3, 4)
 CDR_LEVELS = (0.3, 0.8)
@@ -168,14 +169,6 @@ def _dr_target(a: dict) -> int | None:
     return int(a["dr_grade"]) if a.get("dr_grade") is not None else None
 
 
-def _has_dr(a: dict) -> bool | None:
-    if a.get("dr_grade") is not None:
-        return int(a["dr_grade"]) >= 1
-    if a.get("dr_stage") is not None:
-        return a["dr_stage"] != "none"
-    return a.get("dr")
-
-
 def _cataract(a: dict) -> bool | None:
     if a.get("cataract_severity") is not None:
         return a["cataract_severity"] != "none"
@@ -198,8 +191,8 @@ def score(items: list[Item], haze_threshold: float | None) -> dict:
             out["eye"]["by_dataset"] = {d: {"n": int(sum(x == d for x in datasets)),
                                             "accuracy": float(right[[x == d for x in datasets]].mean())}
                                         for d in sorted({x for x in datasets if x})}
-    lesions = [(_has_dr(i.attributes), shows_dark_lesions(i.measurements)) for i in items
-               if _has_dr(i.attributes) is not None]
+    lesions = [(has_dr(i.attributes), shows_dark_lesions(i.measurements)) for i in items
+               if has_dr(i.attributes) is not None]
     if lesions:
         t, p = np.array(lesions).T
         out["dr_lesions"] = {"n": len(lesions), "balanced_accuracy": balanced_accuracy(t, p),
