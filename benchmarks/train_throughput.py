@@ -2,7 +2,7 @@
 its crops and the denoiser at each stage's resolution and batch size (forward, backward, AdamW,
 EMA), on random tensors of the right shapes so no data is needed.
 
-    python benchmarks/train_throughput.py [--config configs/default_cpu.yaml] [--steps 6]
+    python benchmarks/train_throughput.py [--config configs/cpu.yaml] [--steps 6]
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def timed(step, n):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/default_cpu.yaml")
+    ap.add_argument("--config", default="configs/cpu.yaml")
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args()
     from diffusers.training_utils import EMAModel

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from fundusgen.model.flow import RectifiedFlowLoss, guided, sample_euler, sample_heun, sample_midpoint, sample_t, schedule
+from fundusgen.model.flow import (RectifiedFlowLoss, guided, sample_euler, sample_heun, sample_midpoint, sample_t, schedule,
+                                  shift_t)
 
 
 def test_schedule_runs_from_noise_to_data_and_shift_spends_more_steps_at_high_noise():
@@ -53,6 +54,19 @@ def test_rectified_flow_loss_is_positive_for_a_wrong_velocity():
         return torch.zeros_like(x)
     loss = RectifiedFlowLoss()(model, torch.ones(4, 2, 3, 3), None, None, torch.Generator().manual_seed(0))
     assert float(loss) > 0.5
+
+
+def test_the_loss_trains_at_time_shifted_timesteps():
+    seen = {}
+
+    def model(x, t, text, mask):
+        seen.setdefault("t", []).append(t.clone())
+        return torch.zeros_like(x)
+    for shift in (1.0, 3.0):
+        RectifiedFlowLoss()(model, torch.ones(4096, 1, 1, 1), None, None, torch.Generator().manual_seed(0), shift)
+    plain, shifted = seen["t"]
+    assert torch.allclose(shifted, shift_t(plain, 3.0)) and torch.allclose(shift_t(torch.tensor([0.5]), 3.0), torch.tensor([0.75]))
+    assert float(shifted.median()) > 0.7 and abs(float(plain.median()) - 0.5) < 0.02  # towards noise
 
 
 def test_logit_normal_timesteps_concentrate_in_the_middle():

@@ -29,7 +29,7 @@ TINY = {
                             {"name": "purified", "resolution": 32, "subset": "purified", "steps": 4, "batch_size": 8,
                              "lr": 1e-3, "warmup": 0},
                             {"name": "highres", "resolution": 64, "subset": "purified", "steps": 4, "batch_size": 4,
-                             "lr": 1e-3, "warmup": 0}]},
+                             "lr": 1e-3, "warmup": 0, "time_shift": 2.0}]},
 }
 
 
@@ -55,6 +55,7 @@ def test_tiny_recipe_trains_end_to_end_and_the_loss_falls(prepared, tmp_path):
     assert sum(history[32:40]) / 8 < 0.85 * sum(history[:8]) / 8  # within the pretrain stage
     pipe = FundusGen.from_pretrained(tmp_path / "run" / "model")
     assert pipe("left eye, no diabetic retinopathy", steps=2).images[0].size == (64, 64)
+    assert pipe.config["time_shift"] == 2.0  # samples with the shift its last stage trained with
     assert (tmp_path / "run" / "denoiser" / "logs").is_dir()  # TensorBoard
 
 

@@ -23,14 +23,22 @@ def sample_t(n: int, g: torch.Generator, mode: str = "logit_normal") -> torch.Te
     raise ValueError(f"unknown timestep sampling {mode!r} (uniform | logit_normal)")
 
 
+def shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's resolution time shift, t' = shift t / (1 + (shift - 1) t): shift > 1 moves times towards
+    pure noise, where a larger image still keeps its coarse layout (shift = sqrt(tokens / base tokens))."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 class RectifiedFlowLoss:
-    """L = E_{t, eps} || v_theta(x_t, t, c) - (eps - x_0) ||^2."""
+    """L = E_{t, eps} || v_theta(x_t, t, c) - (eps - x_0) ||^2, with t drawn from ``timestep_sampling``
+    and then time-shifted (``shift``, per call: a recipe's high-resolution stage trains shifted)."""
 
     def __init__(self, timestep_sampling: str = "logit_normal"):
         self.timestep_sampling = timestep_sampling
 
-    def __call__(self, model, x0: torch.Tensor, text, text_mask, g: torch.Generator) -> torch.Tensor:
-        t = sample_t(x0.shape[0], g, self.timestep_sampling).to(x0)
+    def __call__(self, model, x0: torch.Tensor, text, text_mask, g: torch.Generator,
+                 shift: float = 1.0) -> torch.Tensor:
+        t = shift_t(sample_t(x0.shape[0], g, self.timestep_sampling), shift).to(x0)
         eps = torch.randn(x0.shape, generator=g).to(x0)
         te = t.view(-1, 1, 1, 1)
         x_t = (1 - te) * x0 + te * eps
@@ -41,8 +49,7 @@ class RectifiedFlowLoss:
 def schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
     """steps+1 times from 1 to 0. shift > 1 spends more steps at high noise (SD3's time shift,
     t' = shift t / (1 + (shift - 1) t)), which larger images need."""
-    t = torch.linspace(1.0, 0.0, steps + 1)
-    return shift * t / (1 + (shift - 1) * t)
+    return shift_t(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
 def guided(velocity_pair: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],

@@ -61,10 +61,14 @@ class StageConfig:
     lr: float = 3e-4
     warmup: int = 100
     decay: str = "none"        # none | cosine: after warmup, lr follows a half cosine to zero at the last step
+    time_shift: float = 1.0    # SD3 time shift of the training timesteps (2 for 4x the tokens); the model
+                               # samples with its last stage's shift
 
     def __post_init__(self):
         if self.decay not in ("none", "cosine"):
             raise ValueError(f"decay must be 'none' or 'cosine', not {self.decay!r}")
+        if not float(self.time_shift) > 0:
+            raise ValueError(f"time_shift must be positive, not {self.time_shift!r}")
 
 
 @dataclass

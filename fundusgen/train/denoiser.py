@@ -100,7 +100,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
 
     def step_loss(stage, pool, g):
         x0, text, mask = (t.to(acc.device) for t in make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g))
-        return loss_fn(model, x0, text, mask, g)
+        return loss_fn(model, x0, text, mask, g, stage.time_shift)
 
     history = run_stages(cfg, acc, model, ema, opt, ckpt_path, (stage_i, step), cache, step_loss, out, "denoiser",
                          progress)

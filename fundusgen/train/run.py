@@ -48,9 +48,11 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
 
 def _assemble(out: Path, cfg: RecipeConfig, vae: FundusAutoencoder, dit: DiT, text_encoder: TextEncoder,
               resolution: int) -> FundusGen:
+    # sample with the time shift the denoiser last trained with at this resolution
+    shift = next((s.time_shift for s in reversed(cfg.denoiser.stages) if s.resolution == resolution), 1.0)
     return FundusGen(vae, dit, text_encoder, {
         "name": out.name, "text_encoder": cfg.text_encoder, "resolution": resolution,
-        "steps": 25, "guidance": 4.0, "sampler": "euler", "time_shift": 1.0})
+        "steps": 25, "guidance": 4.0, "sampler": "euler", "time_shift": float(shift)})
 
 
 def model_from_run(run: str | Path) -> FundusGen:
