@@ -51,7 +51,8 @@ def lesion_table(measured: str | Path):
     if not rows:
         raise ValueError(f"{measured}: nothing measured (run `fundusgen measure {measured}` first)")
     table = pd.DataFrame(rows).merge(index, on="key")
-    dr = pd.Series([has_dr(r) for r in table.to_dict("records")], index=table.index, dtype=object)
+    labels = table.reindex(columns=["dr_grade", "dr_stage", "dr"]).to_dict("records")  # only what has_dr reads
+    dr = pd.Series([has_dr(r) for r in labels], index=table.index, dtype=object)
     table = table.assign(dr=dr)[dr.notna()]
     return table.assign(dr=table["dr"].astype(bool))[["key", "dataset", "split", "patient", "dr", "dark", "bright"]]
 

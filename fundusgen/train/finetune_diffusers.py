@@ -26,7 +26,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from fundusgen.errors import FundusgenError
-from fundusgen.model.flow import sample_t
+from fundusgen.model.flow import sample_t, shift_t
 from fundusgen.train.autoencoder import mixed_precision
 from fundusgen.train.cache import caption_sources, captions_for, load_cache, save_cache
 from fundusgen.train.checkpoint import load_checkpoint
@@ -78,7 +78,7 @@ class FlowMatching:
 
     def __call__(self, denoise: Denoise, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         u = sample_t(x0.shape[0], g, self.timestep_sampling)
-        s = (self.shift * u / (1 + (self.shift - 1) * u)).to(x0)
+        s = shift_t(u, self.shift).to(x0)
         eps = torch.randn(x0.shape, generator=g).to(x0)
         x_t = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * eps
         return ((denoise(x_t, s * self.steps).float() - (eps - x0).float()) ** 2).mean()
