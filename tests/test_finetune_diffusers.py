@@ -209,3 +209,29 @@ def test_an_unsupported_folder_is_refused_in_one_line(prepared, tmp_path, capsys
 def test_the_example_fine_tuning_recipe_loads():
     cfg = load_recipe(Path(__file__).parents[1] / "configs" / "finetune_sd.yaml")
     assert cfg.base_pipeline and [s.subset for s in cfg.denoiser.stages] == ["all", "purified", "purified"]
+
+
+def test_a_stage_time_shift_composes_with_the_flow_scheduler_shift():
+    from fundusgen.train.finetune_diffusers import FlowMatching
+    seen = []
+
+    def denoise(x, timestep):
+        seen.append(timestep.clone())
+        return torch.zeros_like(x)
+    x0 = torch.zeros(256, 1, 1, 1)
+    FlowMatching({"shift": 3.0}, "uniform")(denoise, x0, torch.Generator().manual_seed(0), 2.0)
+    FlowMatching({"shift": 6.0}, "uniform")(denoise, x0, torch.Generator().manual_seed(0))
+    assert torch.allclose(seen[0], seen[1])  # shifts multiply the odds: 3 then 2 is 6
+
+
+def test_a_time_shift_on_a_noise_prediction_pipeline_is_refused_in_one_line(sd, prepared, tmp_path, capsys):
+    base, _ = sd
+    recipe = _recipe(tmp_path / "shifted.yaml", prepared, base, tmp_path / "shifted")
+    data = yaml.safe_load(recipe.read_text())
+    data["denoiser"]["stages"][2]["time_shift"] = 2.0
+    recipe.write_text(yaml.safe_dump(data))
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "error" in line]  # diffusers' own loading bars may precede it
+    assert len(errors) == 1 and "stage 'highres': time_shift needs a flow-matching pipeline" in err[-1]
+    assert not (tmp_path / "shifted" / "cache.safetensors").exists()  # refused before any work

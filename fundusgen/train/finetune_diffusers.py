@@ -76,9 +76,10 @@ class FlowMatching:
         self.steps = int(scheduler_config.get("num_train_timesteps", 1000))
         self.timestep_sampling = timestep_sampling
 
-    def __call__(self, denoise: Denoise, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, denoise: Denoise, x0: torch.Tensor, g: torch.Generator, stage_shift: float = 1.0) -> torch.Tensor:
+        # a recipe stage's time_shift composes with the scheduler's: shifts multiply the odds s / (1 - s)
         u = sample_t(x0.shape[0], g, self.timestep_sampling)
-        s = shift_t(u, self.shift).to(x0)
+        s = shift_t(u, self.shift * stage_shift).to(x0)
         eps = torch.randn(x0.shape, generator=g).to(x0)
         x_t = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * eps
         return ((denoise(x_t, s * self.steps).float() - (eps - x0).float()) ** 2).mean()
@@ -197,7 +198,11 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
         return final
     pipe, family = load_pipeline(cfg.base_pipeline)
     multiple = _size_multiple(pipe, family)
+    flow = "FlowMatch" in type(pipe.scheduler).__name__
     for stage in dc.stages:
+        if stage.time_shift != 1.0 and not flow:
+            raise FundusgenError(f"stage {stage.name!r}: time_shift needs a flow-matching pipeline; "
+                                 f"{type(pipe.scheduler).__name__} predicts noise (leave time_shift at 1)")
         if stage.resolution % multiple:
             raise FundusgenError(f"stage {stage.name!r}: resolution {stage.resolution} is not a multiple of {multiple}, "
                                  f"which this pipeline needs")
@@ -237,7 +242,8 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
         cap = ids[:, 0].long()
         text = cache["text"][cap].float().to(acc.device)
         pooled = cache["pooled"][cap].float().to(acc.device) if "pooled" in cache else None
-        return objective(_conditioned(model, family, text, pooled, stage.resolution), x0.to(acc.device), g)
+        shift = (stage.time_shift,) if flow else ()  # refused above for noise prediction unless 1
+        return objective(_conditioned(model, family, text, pooled, stage.resolution), x0.to(acc.device), g, *shift)
 
     history = run_stages(cfg, acc, model, ema, opt, ckpt_path, (stage_i, step), cache, step_loss, out, "finetune",
                          progress)
