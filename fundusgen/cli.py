@@ -77,7 +77,7 @@ def cmd_generate(args) -> int:
     written = generate_to_folder(prompts, Path(args.out), model=args.model, num_images=args.n, seed=args.seed,
                                  attributes=attributes,
                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                                 resolution=args.resolution, progress=not args.quiet)
+                                 resolution=args.resolution, aperture=args.aperture, progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")
     return 0
 
@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 4.0)")
     p.add_argument("--sampler", help="euler | heun | midpoint (default euler)")
     p.add_argument("--resolution", type=int, help="output side in pixels (default: the model's)")
+    p.add_argument("--aperture", choices=("circle", "none"),
+                   help="circle: the round field of view of a preprocessed photograph, black outside "
+                        "(latents outside it pinned while sampling); none: the model draws the frame "
+                        "(default: the model's)")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     g = p.add_argument_group("attributes (instead of a prompt: they are written into a caption)")
     g.add_argument("--eye", help="left | right")

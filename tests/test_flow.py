@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fundusgen.model.flow import (RectifiedFlowLoss, guided, sample_euler, sample_heun, sample_midpoint, sample_t, schedule,
+from fundusgen.model.flow import (RectifiedFlowLoss, guided, known_region, sample_euler, sample_heun, sample_midpoint, sample_t, schedule,
                                   shift_t)
 
 
@@ -82,3 +82,23 @@ def test_guidance_extrapolates_from_unconditional_to_conditional_on_every_channe
     vc, vu = torch.full((1, 4, 2, 2), 2.0), torch.full((1, 4, 2, 2), 1.0)
     v = guided(lambda x, t: (vc, vu), 4.0)(None, None)
     assert torch.allclose(v, torch.full_like(v, 1.0 + 4.0 * 1.0))
+
+
+@pytest.mark.parametrize("sampler", [sample_euler, sample_heun, sample_midpoint])
+def test_known_region_ends_on_the_known_data_and_leaves_the_rest_to_the_network(sampler):
+    g = torch.Generator().manual_seed(1)
+    noise, x_known, x_free = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    known = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    known[..., :2] = True
+
+    def v(x, t):  # a network whose flow goes straight to x_free everywhere
+        return (x - x_free) / t.clamp(min=1e-8).view(-1, 1, 1, 1)
+    out = sampler(known_region(v, noise, x_known, known), noise.clone(), schedule(6))
+    assert torch.allclose(out[..., :2], x_known[..., :2], atol=1e-5)
+    assert torch.allclose(out[..., 2:], x_free[..., 2:], atol=1e-5)
+    # and the network saw the known part on its straight path at every step
+    seen = []
+    sample_euler(known_region(lambda x, t: seen.append((x.clone(), t[0])) or torch.zeros_like(x), noise, x_known, known),
+                 noise.clone(), schedule(4))
+    for x, t in seen:
+        assert torch.allclose(x[..., :2], ((1 - t) * x_known + t * noise)[..., :2], atol=1e-6)

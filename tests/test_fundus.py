@@ -1,6 +1,8 @@
 """Field-of-view detection, square crop and resize (fundusgen.data.fundus)."""
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -94,3 +96,13 @@ def test_fov_iou_against_expert_masks(shared_data, name):
     ious = [fundus.iou(fundus.detect_fov(fundus.load_rgb(r.image)), fundus.load_mask(r.masks["fov"]))
             for r in records]
     assert np.mean(ious) >= 0.97, f"{name}: mean FOV IoU {np.mean(ious):.4f}"
+
+
+def test_aperture_is_the_inscribed_disk_and_a_margin_grows_it():
+    from fundusgen.data.fundus import aperture
+    a = aperture(64)
+    assert a.shape == (64, 64) and a.min() == 0.0 and a.max() == 1.0
+    assert abs(a.sum() - math.pi * 32 ** 2) < 0.01 * math.pi * 32 ** 2
+    assert np.allclose(a, a[::-1]) and np.allclose(a, a.T)
+    assert a[0, 0] == 0.0 and a[32, 32] == 1.0 and a[32, 0] > 0.5
+    assert (aperture(64, margin=4) >= a).all() and aperture(64, margin=4)[4, 8] > 0 == a[4, 8]

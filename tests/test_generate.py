@@ -25,6 +25,25 @@ def test_same_seed_same_image_and_another_seed_another_image(model_dir):
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
+def test_circle_aperture_gives_the_round_field_of_view_of_a_prepared_photo(model_dir, tmp_path):
+    pipe = FundusGen.from_pretrained(model_dir)
+    free = np.asarray(pipe("left eye", seed=1, aperture="none").images[0]).astype(int)
+    result = pipe("left eye", seed=1, aperture="circle")
+    img = np.asarray(result.images[0]).astype(int)
+    assert result.metadata[0]["aperture"] == "circle"
+    yy, xx = np.mgrid[:64, :64] + 0.5
+    r = np.hypot(xx - 32, yy - 32)
+    assert img[r > 33].max() == 0  # black outside the disk, like preprocess's output
+    assert free[r > 33].max() > 0  # the random tiny model does not draw it by itself
+    assert np.abs(img[r < 28] - free[r < 28]).mean() > 0  # the pinned surround changes what is drawn inside
+    out = tmp_path / "ap"
+    assert main(["generate", "left eye", "-n", "1", "--aperture", "circle", "-o", str(out), "--model", str(model_dir),
+                 "--quiet"]) == 0
+    assert json.loads((out / "000_seed0.json").read_text())["aperture"] == "circle"
+    with pytest.raises(FundusgenError, match="unknown aperture"):
+        pipe("left eye", aperture="oval")
+
+
 def test_generate_writes_pngs_sidecars_and_a_contact_sheet(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["generate", "right eye, glaucoma", "-n", "2", "--seed", "5", "-o", str(out), "--model",

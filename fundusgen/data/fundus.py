@@ -131,6 +131,14 @@ def preprocess(rgb: np.ndarray, size: int, mask: np.ndarray | None = None) -> tu
     return image, fov, crop
 
 
+def aperture(size: int, margin: float = 0.0) -> np.ndarray:
+    """The field of view ``preprocess`` gives an unclipped photograph: the disk inscribed in the
+    ``size`` square (float coverage 0-1, anti-aliased over one pixel), its radius grown by ``margin`` px."""
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    r = np.hypot(xx - size / 2, yy - size / 2)
+    return np.clip(size / 2 + margin - r + 0.5, 0.0, 1.0).astype(np.float32)
+
+
 def fov_roundness(mask: np.ndarray, side: int = 128) -> float:
     """How well ``mask`` matches a disk clipped by its bounding box (IoU, 0-1); 0 when no circle fits.
 

@@ -62,6 +62,19 @@ def guided(velocity_pair: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Ten
     return v
 
 
+def known_region(v: Velocity, noise: torch.Tensor, x0: torch.Tensor, known: torch.Tensor) -> Velocity:
+    """Pin the latents where the image is known (``known`` True, broadcast over channels) to
+    their straight path x_t = (1 - t) x0 + t noise, whose velocity is the constant noise - x0:
+    inpainting by replacement (RePaint, Lugmayr et al. 2022) without resampling. Sampling must
+    start from ``noise``; the network still sees the whole latent, so it draws the rest in
+    agreement with the known part."""
+    target = noise - x0
+
+    def pinned(x, t):
+        return torch.where(known, target, v(x, t))
+    return pinned
+
+
 def sample_euler(v: Velocity, x: torch.Tensor, ts: torch.Tensor, callback=None) -> torch.Tensor:
     """Euler's method: x_{i+1} = x_i + (t_{i+1} - t_i) v(x_i, t_i)."""
     for i in range(len(ts) - 1):

@@ -17,14 +17,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fundusgen.data.fundus import aperture as aperture_disk
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.dit import DiT
-from fundusgen.model.flow import SAMPLERS, guided, schedule
+from fundusgen.model.flow import SAMPLERS, guided, known_region, schedule
 from fundusgen.model.text_encoder import TextEncoder
 
 MODEL_INDEX = "model_index.json"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+# 'circle': every image gets the circular field of view of a preprocessed photograph (the
+# disk inscribed in the square, black outside): the latents outside it are pinned to those of
+# that black surround while sampling, and the decoded image is cut to the disk.
+APERTURES = ("none", "circle")
+# A mean fundus colour (RGB in [-1, 1]) filling the disk of the template whose latents are pinned:
+# only the latents well outside the disk are used, so the exact value matters little.
+_FUNDUS_RGB = (0.2, -0.45, -0.75)
 
 
 @dataclass
@@ -71,7 +79,7 @@ class FundusGen:
         self.denoiser.save_pretrained(str(path / "denoiser"), safe_serialization=True)
         (path / MODEL_INDEX).write_text(json.dumps({"_class_name": "FundusGen", **self.config}, indent=2))
 
-    def _check(self, prompts, num_images, steps, guidance, resolution, sampler):
+    def _check(self, prompts, num_images, steps, guidance, resolution, sampler, aperture):
         for p in prompts:
             self.text_encoder.check_prompt(p)
         if num_images < 1:
@@ -85,11 +93,13 @@ class FundusGen:
             raise FundusgenError(f"resolution must be a multiple of {f} up to 2048 (got {resolution})")
         if sampler not in SAMPLERS:
             raise FundusgenError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+        if aperture not in APERTURES:
+            raise FundusgenError(f"unknown aperture {aperture!r} (choose from {', '.join(APERTURES)})")
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images: int = 1, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None, resolution: int | None = None,
-                 batch_size: int = 4, callback=None) -> GenerationResult:
+                 aperture: str | None = None, batch_size: int = 4, callback=None) -> GenerationResult:
         """``num_images`` images per prompt. Image i of a call uses seed + i, so a given
         (prompt, seed) gives the same image whatever the batch or count."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -97,7 +107,8 @@ class FundusGen:
         guidance = self.config.get("guidance", 4.0) if guidance is None else guidance
         sampler = sampler or self.config.get("sampler", "euler")
         resolution = resolution or self.config.get("resolution", 256)
-        self._check(prompts, num_images, steps, guidance, resolution, sampler)
+        aperture = aperture or self.config.get("aperture", "none")
+        self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture)
         jobs = [(p, seed + i) for p in prompts for i in range(num_images)]
         images, meta = [], []
         null_states, null_mask = self.text_encoder.encode([""])
@@ -106,16 +117,17 @@ class FundusGen:
             chunk = jobs[start:start + batch_size]
             states, mask = self.text_encoder.encode([p for p, _ in chunk])
             x = self._sample(states, mask, null_states, null_mask, [s for _, s in chunk], steps, guidance, sampler,
-                             resolution, callback=None if callback is None else
+                             resolution, aperture, callback=None if callback is None else
                              (lambda i, n, base=done, k=len(chunk): callback(base + k * i / n, len(jobs))))
             done += len(chunk)
             for (p, s), img in zip(chunk, self._to_pil(x)):
                 images.append(img)
                 meta.append({"prompt": p, "seed": s, "steps": steps, "guidance": guidance, "sampler": sampler,
-                             "resolution": resolution, "model": self.name})
+                             "resolution": resolution, "aperture": aperture, "model": self.name})
         return GenerationResult(images, meta)
 
-    def _sample(self, states, mask, null_states, null_mask, seeds, steps, guidance, sampler, resolution, callback):
+    def _sample(self, states, mask, null_states, null_mask, seeds, steps, guidance, sampler, resolution, aperture,
+                callback):
         dev, dtype = self.device, next(self.denoiser.parameters()).dtype
         c = self.denoiser.config.in_channels
         side = resolution // self.autoencoder.downsampling_factor
@@ -140,8 +152,27 @@ class FundusGen:
                 return self.denoiser(x, t, text[:b], text_mask[:b])
         else:
             v = guided(velocity_pair, guidance)
+        if aperture == "circle":
+            surround, known, disk = self._aperture(resolution)
+            v = known_region(v, x, surround, known)
         x = SAMPLERS[sampler](v, x, schedule(steps, self.config.get("time_shift", 1.0)).to(dev), callback)
-        return self.autoencoder.decode(self.autoencoder.denormalise(x).to(dtype)).float()
+        image = self.autoencoder.decode(self.autoencoder.denormalise(x).to(dtype)).float()
+        if aperture == "circle":
+            image = image * disk - (1 - disk)
+        return image
+
+    def _aperture(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents of the black surround, where they are pinned, the pixel disk) for 'circle'.
+        Latent cells within one cell of the disk stay free, so the network draws the rim."""
+        dev, dtype = self.device, next(self.autoencoder.parameters()).dtype
+        f = self.autoencoder.downsampling_factor
+        disk = torch.from_numpy(aperture_disk(resolution)).to(dev)[None, None]
+        near = torch.from_numpy(aperture_disk(resolution, margin=f)).to(dev)[None, None]
+        known = torch.nn.functional.max_pool2d(near, f) == 0
+        template = torch.tensor(_FUNDUS_RGB, device=dev).view(1, 3, 1, 1) * disk - (1 - disk)
+        with torch.no_grad():
+            surround = self.autoencoder.normalise(self.autoencoder.encode(template.to(dtype)).mean)
+        return surround.to(dtype), known, disk
 
     @staticmethod
     def _to_pil(x: torch.Tensor) -> list[Image.Image]:
