@@ -59,6 +59,23 @@ def test_tiny_recipe_trains_end_to_end_and_the_loss_falls(prepared, tmp_path):
     assert (tmp_path / "run" / "denoiser" / "logs").is_dir()  # TensorBoard
 
 
+def test_a_finished_run_given_another_stage_trains_only_that_stage(prepared, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(_recipe(tmp_path / "r.yaml", prepared, run)), "--quiet"]) == 0
+    before = FundusGen.from_pretrained(run / "model").denoiser.state_dict()
+    more = {**TINY["denoiser"], "stages": TINY["denoiser"]["stages"] + [
+        {"name": "highres2", "resolution": 64, "subset": "purified", "steps": 3, "batch_size": 4, "lr": 1e-3,
+         "warmup": 0, "decay": "cosine"}]}
+    longer = _recipe(tmp_path / "longer.yaml", prepared, run, denoiser=more)
+    assert main(["train", "--config", str(longer), "--quiet"]) == 0
+    assert len(json.loads((run / "denoiser" / "loss_history.json").read_text())) == 3  # the new stage only
+    after = FundusGen.from_pretrained(run / "model").denoiser.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert main(["train", "--config", str(longer), "--quiet"]) == 0  # all done: nothing more to train
+    again = FundusGen.from_pretrained(run / "model").denoiser.state_dict()
+    assert all(torch.equal(after[k], again[k]) for k in after)
+
+
 def test_a_recipe_without_denoiser_stages_trains_the_autoencoder_only(prepared, tmp_path):
     recipe = _recipe(tmp_path / "ae.yaml", prepared, tmp_path / "run", denoiser={"stages": []})
     assert main(["train", "--config", str(recipe), "--quiet"]) == 0

@@ -72,8 +72,10 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     dc = cfg.denoiser
     out = Path(cfg.out) / "denoiser"
     final = out / "final"
-    if (final / "config.json").exists():
-        return final
+    ckpt_path = out / "checkpoint.pt"
+    state = load_checkpoint(ckpt_path)
+    if (final / "config.json").exists() and (state is None or int(state["stage"]) >= len(dc.stages)):
+        return final  # done; a recipe given more stages since goes on from the checkpoint
     for stage in dc.stages:
         if f"latents_{stage.resolution}" not in cache:
             raise FundusgenError(f"stage {stage.name!r}: no cached latents at {stage.resolution} px")
@@ -83,9 +85,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     ema = EMAModel(model.parameters(), decay=dc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=dc.stages[0].lr, weight_decay=0.0)
     loss_fn = RectifiedFlowLoss(dc.timestep_sampling)
-    ckpt_path = out / "checkpoint.pt"
     stage_i, step = 0, 0
-    state = load_checkpoint(ckpt_path)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
