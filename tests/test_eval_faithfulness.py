@@ -61,6 +61,13 @@ def test_prompt_set_sidecars_carry_the_attributes(tmp_path):
     assert len(fa.prompt_cells()) == 18
 
 
+def test_command_line_generate_quiet_prints_no_progress_bar(tmp_path, capsys):
+    model = tiny_model(tmp_path / "tiny")
+    assert fa.main(["generate", str(tmp_path / "set"), "--per-cell", "1", "--model", str(model), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 18 images" in captured.out and captured.err == ""
+
+
 def test_measured_eye_follows_the_image_end_to_end(tmp_path, monkeypatch):
     """A real photograph and its mirror image, asked for the eye each shows and then the other."""
     rgb, _ = retina_square(256)

@@ -370,13 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("synthetic")
     e.add_argument("--real", help="a prepared folder whose held-out labels give the ceiling")
     e.add_argument("--out", help="write the JSON here")
+    for q in (g, e):
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     try:
         if args.command == "generate":
-            written = generate_prompt_set(Path(args.out), per_cell=args.per_cell, model=args.model, seed=args.seed)
+            written = generate_prompt_set(Path(args.out), per_cell=args.per_cell, model=args.model, seed=args.seed,
+                                          progress=not args.quiet)
             print(f"wrote {len(written)} images with their attributes to {args.out}")
             return 0
-        result = evaluate_faithfulness(Path(args.synthetic), Path(args.real) if args.real else None)
+        result = evaluate_faithfulness(Path(args.synthetic), Path(args.real) if args.real else None,
+                                       progress=not args.quiet)
     except FundusgenError as err:
         import sys
         print(f"faithfulness: error: {err}", file=sys.stderr)
