@@ -49,6 +49,7 @@ class FundusGen:
         self.text_encoder = text_encoder
         self.config = config
         self.name = name
+        self._apertures = {}  # resolution -> what the 'circle' aperture pins (computed once)
 
     @property
     def device(self) -> torch.device:
@@ -154,7 +155,7 @@ class FundusGen:
             v = guided(velocity_pair, guidance)
         if aperture == "circle":
             surround, known, disk = self._aperture(resolution)
-            v = known_region(v, x, surround, known)
+            v = known_region(v, x, surround.to(x), known)
         x = SAMPLERS[sampler](v, x, schedule(steps, self.config.get("time_shift", 1.0)).to(dev), callback)
         image = self.autoencoder.decode(self.autoencoder.denormalise(x).to(dtype)).float()
         if aperture == "circle":
@@ -164,6 +165,8 @@ class FundusGen:
     def _aperture(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(latents of the black surround, where they are pinned, the pixel disk) for 'circle'.
         Latent cells within one cell of the disk stay free, so the network draws the rim."""
+        if resolution in self._apertures:
+            return self._apertures[resolution]
         dev, dtype = self.device, next(self.autoencoder.parameters()).dtype
         f = self.autoencoder.downsampling_factor
         disk = torch.from_numpy(aperture_disk(resolution)).to(dev)[None, None]
@@ -172,7 +175,8 @@ class FundusGen:
         template = torch.tensor(_FUNDUS_RGB, device=dev).view(1, 3, 1, 1) * disk - (1 - disk)
         with torch.no_grad():
             surround = self.autoencoder.normalise(self.autoencoder.encode(template.to(dtype)).mean)
-        return surround.to(dtype), known, disk
+        self._apertures[resolution] = surround, known, disk
+        return self._apertures[resolution]
 
     @staticmethod
     def _to_pil(x: torch.Tensor) -> list[Image.Image]:
