@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from fundusgen.model.flow import (RectifiedFlowLoss, guided, known_region, sample_euler, sample_heun, sample_midpoint, sample_t, schedule,
-                                  shift_t)
+from fundusgen.model.flow import (RectifiedFlowLoss, guided, known_region, sample_euler, sample_heun, sample_midpoint,
+                                  sample_t, schedule, shift_t)
 
 
 def test_schedule_runs_from_noise_to_data_and_shift_spends_more_steps_at_high_noise():
@@ -87,7 +87,7 @@ def test_guidance_extrapolates_from_unconditional_to_conditional_on_every_channe
 @pytest.mark.parametrize("sampler", [sample_euler, sample_heun, sample_midpoint])
 def test_known_region_ends_on_the_known_data_and_leaves_the_rest_to_the_network(sampler):
     g = torch.Generator().manual_seed(1)
-    noise, x_known, x_free = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    noise, x_known, x_free = (torch.randn(2, 1, 4, 4, generator=g) for _ in range(3))
     known = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     known[..., :2] = True
 
