@@ -76,6 +76,23 @@ def test_a_finished_run_given_another_stage_trains_only_that_stage(prepared, tmp
     assert all(torch.equal(after[k], again[k]) for k in after)
 
 
+def test_export_of_a_finished_run_continuing_with_a_new_stage_takes_its_newer_checkpoint(prepared, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(_recipe(tmp_path / "r.yaml", prepared, run)), "--quiet"]) == 0
+    recipe = json.loads((run / "recipe.json").read_text())  # as `fundusgen train` writes a longer recipe at its start
+    recipe["denoiser"]["stages"].append({**recipe["denoiser"]["stages"][-1], "name": "highres2"})
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    ckpt = run / "denoiser" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    moved = [p + 1.0 for p in state["ema"]["shadow_params"]]  # as if killed two steps into the new stage
+    torch.save({**state, "ema": {**state["ema"], "shadow_params": moved}, "stage": 3, "step": 2}, ckpt)
+    assert (run / "model" / "model_index.json").is_file() and (run / "denoiser" / "final").is_dir()  # the old ones
+    assert main(["export", str(run), str(tmp_path / "now")]) == 0
+    exported = FundusGen.from_pretrained(tmp_path / "now")
+    for p, m in zip(exported.denoiser.parameters(), moved):
+        assert torch.equal(p, m.half().float())
+
+
 def test_a_recipe_without_denoiser_stages_trains_the_autoencoder_only(prepared, tmp_path):
     recipe = _recipe(tmp_path / "ae.yaml", prepared, tmp_path / "run", denoiser={"stages": []})
     assert main(["train", "--config", str(recipe), "--quiet"]) == 0

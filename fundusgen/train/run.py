@@ -61,21 +61,26 @@ def model_from_run(run: str | Path) -> FundusGen:
     at the highest resolution trained so far. A run stopped at a deadline (a GPU lease, a job's wall
     time) still gives a usable model; it resumes as before."""
     run = Path(run)
-    if (run / "model" / "model_index.json").is_file():
-        return FundusGen.from_pretrained(run / "model")
     try:
         cfg = recipe_from_dict(json.loads((run / "recipe.json").read_text()), str(run / "recipe.json"))
     except (OSError, ValueError) as e:
+        if (run / "model" / "model_index.json").is_file():
+            return FundusGen.from_pretrained(run / "model")
         raise FundusgenError(f"{run}: not a training run folder (no readable recipe.json: {e})") from None
+    stages = cfg.denoiser.stages
+    state = load_checkpoint(run / "denoiser" / "checkpoint.pt")
+    # a finished run whose recipe has gained a stage holds the old model/ and final/ until that
+    # stage ends: then the checkpoint is the newer one
+    continuing = state is not None and int(state["stage"]) < len(stages)
+    if (run / "model" / "model_index.json").is_file() and not continuing:
+        return FundusGen.from_pretrained(run / "model")
     if not (run / "autoencoder" / "final" / "config.json").is_file():
         raise FundusgenError(f"{run}: its autoencoder has not finished training yet: nothing to export")
     vae = FundusAutoencoder.from_pretrained(str(run / "autoencoder" / "final")).eval()
     text_encoder = TextEncoder(cfg.text_encoder)
-    stages = cfg.denoiser.stages
-    if (run / "denoiser" / "final" / "config.json").is_file():
+    if (run / "denoiser" / "final" / "config.json").is_file() and not continuing:
         return _assemble(run, cfg, vae, DiT.from_pretrained(str(run / "denoiser" / "final")), text_encoder,
                          max(s.resolution for s in stages))
-    state = load_checkpoint(run / "denoiser" / "checkpoint.pt")
     if state is None:
         raise FundusgenError(f"{run}: the denoiser has no checkpoint yet: nothing to export")
     stage, step = int(state["stage"]), int(state["step"])
