@@ -36,6 +36,19 @@ def load_checkpoint(path: Path) -> dict | None:
         raise FundusgenError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
 
+def stages_behind(path: Path, n_stages: int) -> bool:
+    """Whether the checkpoint at ``path`` stops short of a recipe's ``n_stages``: a run still
+    training, or a finished one whose recipe has gained a stage since. Reads the file memory-mapped,
+    so asking costs the two integers, not the model and optimizer states."""
+    if not path.exists():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        state = load_checkpoint(path)  # says which file is unreadable, in one line
+    return int(state["stage"]) < n_stages
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The randomness of one training step, a pure function of (seed, step): resumed runs
     draw exactly the batches, crops, noise and timesteps an uninterrupted run would."""

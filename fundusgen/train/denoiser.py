@@ -22,7 +22,7 @@ from fundusgen.errors import FundusgenError
 from fundusgen.model.dit import DiT
 from fundusgen.model.flow import RectifiedFlowLoss
 from fundusgen.train.autoencoder import mixed_precision
-from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, step_generator
+from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, stages_behind, step_generator
 from fundusgen.train.config import RecipeConfig, StageConfig
 
 
@@ -73,8 +73,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     out = Path(cfg.out) / "denoiser"
     final = out / "final"
     ckpt_path = out / "checkpoint.pt"
-    state = load_checkpoint(ckpt_path)
-    if (final / "config.json").exists() and (state is None or int(state["stage"]) >= len(dc.stages)):
+    if (final / "config.json").exists() and not stages_behind(ckpt_path, len(dc.stages)):
         return final  # done; a recipe given more stages since goes on from the checkpoint
     for stage in dc.stages:
         if f"latents_{stage.resolution}" not in cache:
@@ -86,6 +85,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     opt = torch.optim.AdamW(model.parameters(), lr=dc.stages[0].lr, weight_decay=0.0)
     loss_fn = RectifiedFlowLoss(dc.timestep_sampling)
     stage_i, step = 0, 0
+    state = load_checkpoint(ckpt_path)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])

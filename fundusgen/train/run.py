@@ -18,7 +18,7 @@ from fundusgen.model.pipeline import FundusGen
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
 from fundusgen.train.cache import build_cache, load_cache
-from fundusgen.train.checkpoint import load_checkpoint
+from fundusgen.train.checkpoint import load_checkpoint, stages_behind
 from fundusgen.train.config import RecipeConfig, recipe_from_dict
 from fundusgen.train.denoiser import train_denoiser
 from fundusgen.train.finetune_diffusers import finetune_pipeline
@@ -68,10 +68,10 @@ def model_from_run(run: str | Path) -> FundusGen:
             return FundusGen.from_pretrained(run / "model")
         raise FundusgenError(f"{run}: not a training run folder (no readable recipe.json: {e})") from None
     stages = cfg.denoiser.stages
-    state = load_checkpoint(run / "denoiser" / "checkpoint.pt")
+    ckpt = run / "denoiser" / "checkpoint.pt"
     # a finished run whose recipe has gained a stage holds the old model/ and final/ until that
     # stage ends: then the checkpoint is the newer one
-    continuing = state is not None and int(state["stage"]) < len(stages)
+    continuing = stages_behind(ckpt, len(stages))
     if (run / "model" / "model_index.json").is_file() and not continuing:
         return FundusGen.from_pretrained(run / "model")
     if not (run / "autoencoder" / "final" / "config.json").is_file():
@@ -81,6 +81,7 @@ def model_from_run(run: str | Path) -> FundusGen:
     if (run / "denoiser" / "final" / "config.json").is_file() and not continuing:
         return _assemble(run, cfg, vae, DiT.from_pretrained(str(run / "denoiser" / "final")), text_encoder,
                          max(s.resolution for s in stages))
+    state = load_checkpoint(ckpt)
     if state is None:
         raise FundusgenError(f"{run}: the denoiser has no checkpoint yet: nothing to export")
     stage, step = int(state["stage"]), int(state["step"])
