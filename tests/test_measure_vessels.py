@@ -129,3 +129,21 @@ def test_shipped_network_on_drive_and_chase_test_images(shared_data):
     drive = [r for r in read_source("drive", shared_data / "drive") if r.source_labels.get("split") == "test"]
     report = evaluate_on_records(drive, seg)
     assert report["images"] == 20 and report["auc"] >= 0.97 and report["f1"] >= 0.78
+
+
+def test_full_augmentation_turns_image_and_mask_together_and_jitters_colour_only():
+    import torch
+    from fundusgen.measure.vessels import _batch
+    from fundusgen.train.checkpoint import step_generator
+    rng = np.random.default_rng(0)
+    ves = rng.random((64, 64)) < 0.2  # the image's first channel is the mask: it must stay in register
+    rgb = np.stack([ves * 0.6 + 0.2, np.full((64, 64), 0.5), rng.random((64, 64))]).astype(np.float32)
+    x, y = _batch([(rgb, ves, np.ones((64, 64), bool))], 64, 32, step_generator(0, 0), "full")
+    mask = y[:, 0] > 0.5
+    for xi, mi in zip(x[:, 0], mask):  # colour jitter is monotonic: vessel pixels stay above the rest
+        assert mi.any() and (~mi).any() and xi[mi].min() > xi[~mi].max()
+    assert len({round(float(g), 3) for g in x[:, 1, 0, 0]}) > 10  # the flat channel got many gains
+    flat, _ = _batch([(rgb, ves, np.ones((64, 64), bool))], 8, 32, step_generator(0, 0), "flip")
+    assert torch.allclose(flat[:, 1], torch.full_like(flat[:, 1], 0.5))
+    with pytest.raises(Exception, match="unknown augmentation"):
+        train_vessel_net(VesselTrainConfig(data="nowhere", out="nowhere", augment="rot"), progress=False)
