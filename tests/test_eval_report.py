@@ -172,7 +172,7 @@ def test_a_rerun_is_served_from_the_feature_anatomy_vessel_and_retina_caches(wor
     monkeypatch.setattr("fundusgen.eval.anatomy.check_image", lambda rgb: pytest.fail("anatomy not cached"))
     monkeypatch.setattr("fundusgen.eval.vessels.vessel_geometry", lambda rgb: pytest.fail("vessels not cached"))
     monkeypatch.setattr("fundusgen.eval.retina_features.encoder_features",
-                        lambda net, batch: pytest.fail("retina features not cached"))
+                        lambda net, batch, fov=None: pytest.fail("retina features not cached"))
     monkeypatch.setattr("fundusgen.eval.faithfulness.measure_image", lambda rgb, side=512: pytest.fail("not cached"))
     w = workspace
     cfg = EvaluateConfig(w["synthetic"], [RealSet.parse(f"all={w['prepared']}")], w["prepared"],

@@ -44,3 +44,20 @@ def test_sample_ids_is_seeded_and_keeps_order():
     a, b = sample_ids(ids, 10, 0), sample_ids(ids, 10, 0)
     assert a == b and len(a) == 10 and a == sorted(a, key=ids.index)
     assert sample_ids(ids[:5], 10, 0) == ids[:5]
+
+
+def test_features_describe_the_field_of_view_not_how_much_of_the_frame_is_black():
+    from fundusgen.data.fundus import aperture
+    torch.set_num_threads(1)
+    rgb = _images(1)["r0"]
+    smaller = (rgb * aperture(256, -24)[..., None]).astype(np.uint8)  # the same retina, a narrower field of view
+    rim = (rgb * aperture(256, 0)[..., None]).astype(np.uint8)
+    a, b = (retina_features(["x"], lambda _: im, progress=False)[0] for im in (rim, smaller))
+    from fundusgen.eval.retina_features import _network, encoder_features
+    big = cv2.resize(rim, (512, 512))[None]
+    whole = encoder_features(_network(), big)[0]
+    masked = encoder_features(_network(), big, np.zeros((1, 512, 512), bool))[0]  # empty mask: the whole image
+    assert np.allclose(whole, masked)
+    small = cv2.resize(smaller, (512, 512))[None]
+    unmasked_gap = np.abs(encoder_features(_network(), small)[0] - whole).sum()
+    assert np.abs(a - b).sum() < 0.5 * unmasked_gap
