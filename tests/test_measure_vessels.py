@@ -119,7 +119,7 @@ def test_shipped_network_loads_with_its_calibrated_threshold_and_measure_uses_it
 
 
 def test_shipped_network_on_drive_and_chase_test_images(shared_data):
-    """Issue targets: DRIVE F1 >= 0.80 (not met yet: 0.788 over all 20), AUC >= 0.97."""
+    """Issue targets: DRIVE F1 >= 0.80, AUC >= 0.97 (measured over all 20: 0.8135, 0.9776)."""
     import torch
     from fundusgen.data.sources import read_source
     from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
@@ -128,7 +128,7 @@ def test_shipped_network_on_drive_and_chase_test_images(shared_data):
     seg = lambda rgb, fov: network_vessels(net, rgb, fov)  # noqa: E731
     drive = [r for r in read_source("drive", shared_data / "drive") if r.source_labels.get("split") == "test"]
     report = evaluate_on_records(drive, seg)
-    assert report["images"] == 20 and report["auc"] >= 0.97 and report["f1"] >= 0.78
+    assert report["images"] == 20 and report["auc"] >= 0.97 and report["f1"] >= 0.80
 
 
 def test_full_augmentation_turns_image_and_mask_together_and_jitters_colour_only():
