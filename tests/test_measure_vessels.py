@@ -145,5 +145,6 @@ def test_full_augmentation_turns_image_and_mask_together_and_jitters_colour_only
     assert len({round(float(g), 3) for g in x[:, 1, 0, 0]}) > 10  # the flat channel got many gains
     flat, _ = _batch([(rgb, ves, np.ones((64, 64), bool))], 8, 32, step_generator(0, 0), "flip")
     assert torch.allclose(flat[:, 1], torch.full_like(flat[:, 1], 0.5))
-    with pytest.raises(Exception, match="unknown augmentation"):
+    from fundusgen.errors import FundusgenError
+    with pytest.raises(FundusgenError, match="unknown augmentation 'rot'"):
         train_vessel_net(VesselTrainConfig(data="nowhere", out="nowhere", augment="rot"), progress=False)
