@@ -396,6 +396,37 @@ def test_discs_are_counted_once_and_an_unconfirmed_candidate_needs_the_score():
     assert len(count_discs(same, disc_score_min=5.0)) == 1
 
 
+def test_a_second_disc_must_look_like_the_first():
+    """A generator's duplicate disc is a disc-like blob of disc size; a bright lesion the network
+    outlines (exudates in real photographs) is small, or not as disc-like as real discs."""
+    def two(score, diameter):
+        return Measurements([(40.0, 117.0, 7.0), (180.0, 120.0, score)], [(41.0, 118.0, 40.0), (181.0, 120.0, diameter)],
+                            38.0, None, 0.1, 40.0, 0.3)
+    assert len(count_discs(two(6.0, 36.0), disc_score_min=4.5)) == 2
+    assert len(count_discs(two(6.0, 17.0), disc_score_min=4.5)) == 1   # an exudate cluster's size
+    assert len(count_discs(two(3.0, 36.0), disc_score_min=4.5)) == 1   # no vessels radiate from it
+
+
+def test_the_fovea_is_the_macula_not_the_retina_beside_a_bright_disc():
+    """A bright disc raises the mean of the retina around it, so the ring beside it looked darker
+    than a faint macula 2.5 disc diameters away; the disc is left out of the contrast now."""
+    from fundusgen.measure.disc import dark_spot
+    yy, xx = np.mgrid[:256, :256]
+    fov = np.hypot(xx - 128, yy - 128) < 124
+    image = np.full((256, 256, 3), (170, 85, 40), np.float32)
+    disc, dd = (200.0, 128.0), 38.0
+    r_disc = np.hypot(xx - disc[0], yy - disc[1])
+    image[r_disc < dd / 2] = (250, 210, 150)
+    image[np.hypot(xx - (disc[0] - 2.5 * dd), yy - (disc[1] + 5)) < 0.4 * dd, 1] *= 0.9  # a faint macula
+    image *= fov[..., None]
+    fx, fy, z = dark_spot(image.astype(np.uint8), fov, disc, dd)
+    assert abs(fx - (disc[0] - 2.5 * dd)) < 0.3 * dd and abs(fy - (disc[1] + 5)) < 0.3 * dd and z > 2
+    # a dark spot straight above the disc is no macula: out of the window, so the faint one is still found
+    image[np.hypot(xx - disc[0], yy - (disc[1] - 2.5 * dd)) < 0.4 * dd] *= 0.6
+    fx, fy, _ = dark_spot(image.astype(np.uint8), fov, disc, dd)
+    assert abs(fx - (disc[0] - 2.5 * dd)) < 0.3 * dd
+
+
 def test_thresholds_are_quantiles_of_real_measurements():
     rng = np.random.default_rng(0)
     rows = [_measurements(float(s), (40.0, 117.0, 37.0), (40.0 + 38 * d, 117.0 + 5 * rng.standard_normal(), 2.0),
@@ -413,6 +444,10 @@ def test_thresholds_are_quantiles_of_real_measurements():
     assert 0.49 < t["tree_haze_max"] < 0.51 and 20 < t["tree_length_min"] < 21
     assert 1.9 < t["fovea_distance"][0] < 2.05 and 2.95 < t["fovea_distance"][1] < 3.1
     assert -20 < t["fovea_angle"][0] < 0 < t["fovea_angle"][1] < 20
+    # the macula's darkness is taken over clear photographs: a cataract hides it
+    for m, c in zip(rows, cataract):
+        m.fovea = (m.fovea[0], m.fovea[1], 0.1 if c else 1.0 + m.fovea[1] % 1)
+    assert 0.99 < fit_thresholds(rows, cataract)["fovea_z_min"] < 1.1
 
 
 # --- Fréchet distance from few images ---------------------------------------------------------------------

@@ -291,26 +291,33 @@ def anatomy(rgb: np.ndarray, fov: np.ndarray, laterality_method: str = "auto") -
 
 
 def dark_spot(rgb: np.ndarray, fov: np.ndarray, disc: tuple[float, float], dd: float,
-              distance: tuple[float, float] = (1.2, 4.0), height: float = 1.5) -> tuple[float, float, float] | None:
+              distance: tuple[float, float] = (1.5, 3.6), max_angle: float = 35.0) -> tuple[float, float, float] | None:
     """The darkest macula-sized spot ``distance`` disc diameters from the disc, on either side and
-    within ``height`` diameters of its height: (x, y, z), z its darkness in standard deviations
-    of the centre-surround contrast over the FOV. Unlike ``find_fovea`` it does not assume the
-    eye, so that an image whose fovea lies on the wrong side of its disc can be told apart.
-    Contrast: the green channel over its local background, smoothed at 0.3 diameters minus at
-    one diameter (the macula's dark centre against the retina around it)."""
+    at most ``max_angle`` degrees above or below the horizontal through it: (x, y, z), z its
+    darkness in standard deviations of the centre-surround contrast over the FOV. Unlike
+    ``find_fovea`` it does not assume the eye, so that an image whose fovea lies on the wrong side
+    of its disc can be told apart. Contrast: the green channel over its local background, smoothed
+    at 0.3 diameters minus at one diameter (the macula's dark centre against the retina around it),
+    with the disc itself (within 0.75 diameters of its centre) left out of every mean: a bright disc
+    in the surround makes the retina beside it look dark, which took the fovea for a spot next to
+    the disc in a quarter of real photographs. The window spans the fovea's place in real
+    photographs (about 2-3 diameters out, a few degrees below the disc) with room on every side,
+    so a misplaced macula is still found and then judged by the calibrated ranges."""
     x0, y0 = disc
-    green = rgb[..., 1].astype(np.float32)
-    rel = green / np.maximum(smooth_inside(green, fov, BACKGROUND_SCALE * dd), 1.0)
-    contrast = smooth_inside(rel, fov, 0.3 * dd) - smooth_inside(rel, fov, 1.0 * dd)
     yy, xx = np.ogrid[:fov.shape[0], :fov.shape[1]]
+    r = np.hypot(xx - x0, yy - y0) / dd
+    retina = fov & (r > 0.75)
+    green = rgb[..., 1].astype(np.float32)
+    rel = green / np.maximum(smooth_inside(green, retina, BACKGROUND_SCALE * dd), 1.0)
+    contrast = smooth_inside(rel, retina, 0.3 * dd) - smooth_inside(rel, retina, 1.0 * dd)
     inner = cv2.erode(fov.astype(np.uint8), np.ones((int(dd) | 1, int(dd) | 1), np.uint8),
                       borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
-    r = np.hypot(xx - x0, yy - y0) / dd
-    window = inner & (r > distance[0]) & (r < distance[1]) & (np.abs(yy - y0) < height * dd)
+    angle = np.degrees(np.arctan2(np.abs(yy - y0), np.abs(xx - x0)))
+    window = inner & (r > distance[0]) & (r < distance[1]) & (angle <= max_angle)
     if window.sum() < 10:
         return None
     fy, fx = np.unravel_index(int(np.argmin(np.where(window, contrast, np.inf))), contrast.shape)
-    return float(fx), float(fy), float(-contrast[fy, fx] / (contrast[fov].std() + 1e-6))
+    return float(fx), float(fy), float(-contrast[fy, fx] / (contrast[retina].std() + 1e-6))
 
 
 def regions(shape: tuple[int, int], fov: np.ndarray, a: Anatomy) -> dict[str, np.ndarray]:
