@@ -4,6 +4,7 @@ one line and a non-zero exit."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -74,11 +75,23 @@ def _prompts(args) -> tuple[list[str], list[dict] | None]:
 def cmd_generate(args) -> int:
     from fundusgen.generate import generate_to_folder
     prompts, attributes = _prompts(args)
+    if args.memorisation is not None and not Path(args.memorisation).is_dir():
+        raise FundusgenError(f"--memorisation {args.memorisation}: folder not found")
     written = generate_to_folder(prompts, Path(args.out), model=args.model, num_images=args.n, seed=args.seed,
-                                 attributes=attributes,
+                                 attributes=attributes, anatomy_retries=args.anatomy_retries,
                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler,
                                  resolution=args.resolution, aperture=args.aperture, progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")
+    if args.anatomy_retries:
+        checks = [json.loads(p.with_suffix(".json").read_text())["anatomy"] for p in written]
+        print(f"anatomy: {sum(c['valid'] for c in checks)} of {len(checks)} images valid, "
+              f"{sum(c['attempts'] > 1 for c in checks)} drawn again (up to {args.anatomy_retries} retries each)")
+    if args.memorisation is not None:
+        from fundusgen.data.shards import atomic_write_text
+        from fundusgen.eval.report import memorisation_of_folder
+        result = memorisation_of_folder(Path(args.out), Path(args.memorisation), progress=not args.quiet)
+        atomic_write_text(Path(args.out) / "memorisation.json", json.dumps(result.to_dict(), indent=2))
+        print(result.verdict)
     return 0
 
 
@@ -146,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(latents outside it pinned while sampling); none: the model draws the frame "
                         "(default: the model's)")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
+    p.add_argument("--anatomy-retries", type=int, default=0, metavar="K",
+                   help="check every image as `fundusgen evaluate` does (one optic disc, a fovea, a vessel tree, "
+                        "a round field of view) and draw an invalid one again, up to K times (default 0: no check)")
+    p.add_argument("--memorisation", metavar="PREPARED",
+                   help="after generating, compare every image with the training split of this prepared folder "
+                        "and print the one-line memorisation verdict (memorisation.json beside the images)")
     g = p.add_argument_group("attributes (instead of a prompt: they are written into a caption)")
     g.add_argument("--eye", help="left | right")
     g.add_argument("--dr-grade", help="ICDR grade 0-4")

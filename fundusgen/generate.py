@@ -4,7 +4,16 @@ and images already written by an interrupted run (same prompt, seed, settings) a
 A sidecar holds the prompt, seed and sampling settings, and, when the prompt was written from
 attributes (``--dr-grade 3 --eye left``), those attributes under ``attributes``: they are the
 image's labels where a synthetic set trains a classifier (``fundusgen.eval.downstream``) and what
-caption faithfulness checks the image against (``fundusgen.eval.faithfulness``)."""
+caption faithfulness checks the image against (``fundusgen.eval.faithfulness``).
+
+With ``anatomy_retries`` > 0 every image goes through the evaluation's anatomy check
+(``fundusgen.eval.anatomy``: one optic disc, a fovea where real photographs have it, a vessel
+tree, a round field of view) and an invalid one is drawn again from the next retry seed (retry k
+of seed s samples seed ``s + k * RETRY_STRIDE``, so the same seed still gives the same image),
+up to that many times; the sidecar's ``anatomy`` holds the verdict, the attempts and the seed
+sampled. When every attempt fails, the attempt with the fewest reasons is kept and says so.
+Rejection sampling changes which images a seed gives, not the model: the evaluation reports the
+model's own share of valid images from a run without retries."""
 from __future__ import annotations
 
 import io
@@ -34,8 +43,38 @@ def contact_sheet(images: list[Image.Image], columns: int | None = None, thumb: 
     return sheet
 
 
+# retry seeds meet the seeds of a run's other images (seed + i) only past a million images per prompt;
+# not a multiple of 2**32: the CPU generator keeps a seed's low 32 bits
+RETRY_STRIDE = 1_000_003
+
+
+def sample_checked(pipe, prompt: str, seed: int, retries: int, **settings):
+    """(image, metadata) of one prompt and seed; with ``retries`` > 0 resampled while the anatomy
+    check finds it invalid (module docstring), the verdict under ``metadata["anatomy"]``."""
+    import numpy as np
+    result = pipe(prompt, num_images=1, seed=seed, **settings)
+    if retries <= 0:
+        return result.images[0], result.metadata[0]
+    from fundusgen.eval.anatomy import check_image
+    best, drawn = None, 0
+    while drawn <= retries:
+        if drawn:
+            result = pipe(prompt, num_images=1, seed=seed + drawn * RETRY_STRIDE, **settings)
+        check = check_image(np.asarray(result.images[0]))
+        if best is None or len(check.reasons) < len(best[2].reasons):
+            best = (result, drawn, check)
+        drawn += 1
+        if check.valid:
+            break
+    result, kept, check = best
+    meta = {**result.metadata[0], "seed": seed, "sampled_seed": seed + kept * RETRY_STRIDE,
+            "anatomy": {"valid": check.valid, "reasons": check.reasons, "attempts": drawn, "retries": retries}}
+    return result.images[0], meta
+
+
 def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: int = 4, seed: int = 0,
-                       progress: bool = True, attributes: list[dict] | None = None, **settings) -> list[Path]:
+                       progress: bool = True, attributes: list[dict] | None = None, anatomy_retries: int = 0,
+                       **settings) -> list[Path]:
     """Images for every prompt, ``num_images`` each (image i of a prompt uses seed + i).
 
     ``attributes``, one dict per prompt when the prompts were written from attributes (eye, DR
@@ -44,6 +83,8 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
     from fundusgen.model.pipeline import FundusGen
     if num_images < 1:
         raise FundusgenError(f"-n {num_images}: the number of images must be at least 1")
+    if anatomy_retries < 0:
+        raise FundusgenError(f"--anatomy-retries {anatomy_retries}: expected 0 (no check) or more")
     if attributes is not None and len(attributes) != len(prompts):
         raise ValueError(f"{len(attributes)} attribute sets for {len(prompts)} prompts")
     try:
@@ -63,18 +104,19 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
                 expected["attributes"] = attributes[p_i]
             if png.exists() and sidecar.exists():
                 meta = json.loads(sidecar.read_text())
-                if all(meta.get(k) == v for k, v in expected.items()):
+                if (all(meta.get(k) == v for k, v in expected.items())
+                        and meta.get("anatomy", {}).get("retries", 0) == anatomy_retries):
                     images.append(Image.open(png).convert("RGB"))
                     written.append(png)
                     bar.update(1)
                     continue
-            result = pipe(prompt, num_images=1, seed=seed + i, **settings)
-            atomic_write_bytes(png, _png(result.images[0]))
-            meta = {**result.metadata[0], "file": png.name}
+            image, meta = sample_checked(pipe, prompt, seed + i, anatomy_retries, **settings)
+            atomic_write_bytes(png, _png(image))
+            meta = {**meta, "file": png.name}
             if attributes is not None:
                 meta["attributes"] = attributes[p_i]
             atomic_write_text(sidecar, json.dumps(meta, indent=2))
-            images.append(result.images[0])
+            images.append(image)
             written.append(png)
             bar.update(1)
     bar.close()

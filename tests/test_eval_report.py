@@ -144,6 +144,17 @@ def test_an_exact_copy_of_a_training_image_is_flagged_and_the_verdict_printed(wo
     assert report["verdict"] in printed.splitlines()
 
 
+def test_generate_prints_the_same_memorisation_verdict_for_its_folder(workspace, evaluated):
+    """`fundusgen generate --memorisation PREPARED` runs evaluate's memorisation step alone."""
+    from fundusgen.eval.report import memorisation_of_folder
+    w = workspace
+    result = memorisation_of_folder(w["synthetic"], w["prepared"], cache_dir=w["cache"], progress=False)
+    assert result.verdict == evaluated[0]["verdict"]
+    assert result.flagged[0].synth_id == "copy.png" and len(result.nearest) == 12
+    with pytest.raises(FundusgenError, match="not a folder made by `fundusgen prepare`"):
+        memorisation_of_folder(w["synthetic"], w["synthetic"], cache_dir=w["cache"], progress=False)
+
+
 def test_a_photograph_that_is_no_fundus_is_anatomically_invalid(evaluated):
     report, printed, _ = evaluated
     images = report["anatomy"]["images"]

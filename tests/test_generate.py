@@ -109,3 +109,43 @@ def test_an_interrupted_generation_keeps_what_it_wrote(model_dir, tmp_path):
     main(["generate", "left eye", "-n", "2", "-o", str(out), "--model", str(model_dir), "--quiet"])
     assert (out / "000_seed0.png").stat().st_mtime_ns == first
     assert (out / "001_seed1.png").exists()
+
+
+def test_anatomy_retries_draw_an_invalid_image_again_and_say_so(model_dir, tmp_path, capsys):
+    """The tiny random model draws no fundus: the real check rejects every draw, and the sidecar says
+    how many were drawn; the same seed still gives the same image; a re-run keeps what it wrote."""
+    out = tmp_path / "checked"
+    assert main(["generate", "left eye", "-n", "2", "-o", str(out), "--model", str(model_dir), "--anatomy-retries",
+                 "2", "--quiet"]) == 0
+    meta = json.loads((out / "000_seed0.json").read_text())
+    assert meta["seed"] == 0 and meta["anatomy"]["valid"] is False and meta["anatomy"]["attempts"] == 3
+    assert meta["anatomy"]["reasons"] and meta["anatomy"]["retries"] == 2
+    assert "anatomy: 0 of 2 images valid, 2 drawn again (up to 2 retries each)" in capsys.readouterr().out
+    kept = (out / "000_seed0.png").read_bytes()
+    again = tmp_path / "again"
+    main(["generate", "left eye", "-n", "1", "-o", str(again), "--model", str(model_dir), "--anatomy-retries", "2",
+          "--quiet"])
+    assert (again / "000_seed0.png").read_bytes() == kept
+    stamp = (out / "000_seed0.png").stat().st_mtime_ns
+    main(["generate", "left eye", "-n", "2", "-o", str(out), "--model", str(model_dir), "--anatomy-retries", "2",
+          "--quiet"])
+    assert (out / "000_seed0.png").stat().st_mtime_ns == stamp
+    assert main(["generate", "x", "-o", str(out), "--model", str(model_dir), "--anatomy-retries", "-1"]) == 2
+
+
+def test_a_valid_draw_ends_the_retries_and_its_seed_is_recorded(model_dir, monkeypatch):
+    """The retry logic alone, with a check that accepts only the second retry's seed."""
+    from fundusgen import generate
+    from fundusgen.eval import anatomy
+    pipe = FundusGen.from_pretrained(model_dir)
+    wanted = np.asarray(pipe("left eye", seed=7 + 2 * generate.RETRY_STRIDE).images[0])
+
+    def check(rgb):
+        return anatomy.AnatomyCheck(1.0, 1.0, "good", 1, reasons=[] if np.array_equal(rgb, wanted) else ["no fovea found"])
+    monkeypatch.setattr(anatomy, "check_image", check)
+    image, meta = generate.sample_checked(pipe, "left eye", 7, retries=5)
+    assert np.array_equal(np.asarray(image), wanted)
+    assert meta["anatomy"] == {"valid": True, "reasons": [], "attempts": 3, "retries": 5}
+    assert meta["seed"] == 7 and meta["sampled_seed"] == 7 + 2 * generate.RETRY_STRIDE
+    image, meta = generate.sample_checked(pipe, "left eye", 7, retries=0)
+    assert "anatomy" not in meta and meta["seed"] == 7

@@ -285,6 +285,41 @@ def _sample_ids(ids: list[str], limit: int, seed: int) -> list[str]:
     return [ids[i] for i in keep]
 
 
+def check_memorisation(synth: FeatureSet, train: FeatureSet, heldout: np.ndarray, prepared: Path, quantile: float,
+                       synth_source: ImageSource, train_source: ImageSource,
+                       ) -> tuple[MemorisationResult | None, np.ndarray, str | None]:
+    """The memorisation step: the threshold from the held-out features, each synthetic image's nearest
+    training image, and the held-out similarities (for the plot); or the reason it cannot run."""
+    try:
+        threshold = calibrate_threshold(train.features, heldout, quantile)
+    except FundusgenError as e:
+        return None, np.zeros(0), f"--train {prepared}: {e} (val and test splits), so no threshold can be calibrated"
+    result = memorisation_check(synth.features, train.features, threshold, synth_ids=synth.ids, train_ids=train.ids,
+                                load_synth=synth_source, load_train=train_source)
+    return result, nearest_by_cosine(heldout, train.features)[1], None
+
+
+def memorisation_of_folder(folder: Path, prepared: Path, *, quantile: float = 0.999, cache_dir: Path | None = None,
+                           progress: bool = True, model=None) -> MemorisationResult:
+    """``fundusgen generate --memorisation PREPARED``: the memorisation step of ``evaluate`` alone,
+    for a folder of synthetic images against the training split of a prepared folder (its val and
+    test splits calibrate the threshold). Features are cached as ``evaluate`` caches them."""
+    if not is_prepared(prepared):
+        raise FundusgenError(f"--memorisation {prepared}: not a folder made by `fundusgen prepare` (the check needs "
+                             f"its patient-level train/val/test split)")
+    model = model if model is not None else _LazyInception()
+    synth = folder_features(folder, model=model, cache_dir=cache_dir, progress=progress, exclude=GENERATE_EXTRAS)
+    feats = gather_features([(prepared, s) for s in ("train", *HELDOUT_SPLITS)], model=model, cache_dir=cache_dir,
+                            progress=progress)
+    train = _require(feats[prepared, "train"], f"--memorisation {prepared}: split train")
+    heldout = np.concatenate([feats[prepared, s].features for s in HELDOUT_SPLITS])
+    result, _, error = check_memorisation(_require(synth, str(folder)), train, heldout, prepared, quantile,
+                                          ImageSource(folder), ImageSource(prepared))
+    if result is None:
+        raise FundusgenError(error.replace("--train", "--memorisation", 1))
+    return result
+
+
 def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
     """Run every step, write ``report.html`` and ``report.json`` into ``cfg.out``, return the report."""
     _check_inputs(cfg)
@@ -314,17 +349,9 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
     synth_source, train_source = ImageSource(cfg.synthetic), ImageSource(cfg.train)
     real_sources = {r.name: ImageSource(r.path) for r in cfg.real}
     heldout_features = np.concatenate([h.features for h in heldout])
-    memorisation, heldout_sims, memorisation_error = None, np.zeros(0), None
-    try:
-        threshold = calibrate_threshold(train.features, heldout_features, cfg.quantile)
-    except FundusgenError as e:
-        memorisation_error = f"--train {cfg.train}: {e} (val and test splits), so no threshold can be calibrated"
-        warnings.append(memorisation_error)
-    else:
-        memorisation = memorisation_check(synth.features, train.features, threshold, synth_ids=synth.ids,
-                                          train_ids=train.ids, load_synth=synth_source, load_train=train_source)
-        heldout_sims = nearest_by_cosine(heldout_features, train.features)[1]
-        warnings.extend(threshold.warnings)
+    memorisation, heldout_sims, memorisation_error = check_memorisation(
+        synth, train, heldout_features, cfg.train, cfg.quantile, synth_source, train_source)
+    warnings.extend([memorisation_error] if memorisation_error else memorisation.threshold.warnings)
     verdict = memorisation.verdict if memorisation else f"memorisation: not checked ({memorisation_error})"
     timings["memorisation_s"] = time.perf_counter() - tick
 
