@@ -34,13 +34,15 @@ def cmd_prepare(args) -> int:
     from fundusgen.data.prepare import PrepareConfig, prepare
     cfg = PrepareConfig(sources=[_parse_source(s) for s in args.source], out=Path(args.out), size=args.size,
                         shard_size=args.shard_size, workers=args.workers, image_format=args.format,
-                        seed=args.seed)
+                        seed=args.seed, copy_correlation=args.copy_correlation)
     try:
         result = prepare(cfg, progress=not args.quiet)
     except OSError as e:  # an output folder that cannot be written, a full disk
         raise FundusgenError(f"{e.filename or cfg.out}: {e.strerror}") from None
     print(f"kept {result.kept} images, rejected {result.rejected} "
           f"({result.shards_written} shards written, {result.shards_skipped} already done)")
+    print(f"copies of one photograph: {result.copy_pairs} pairs, kept in one split ({result.moved_by_copies} "
+          f"records moved to their copies' split: {cfg.out}/copies.csv)")
     print(f"wrote {cfg.out}/shards, {cfg.out}/index.parquet, {cfg.out}/rejects.csv")
     for line in result.failed_sources:
         print(f"fundusgen prepare: error: {line}", file=sys.stderr)
@@ -141,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
     p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image encoding in the shards")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+    p.add_argument("--copy-correlation", type=float, default=0.9, metavar="R",
+                   help="photographs whose fine structure correlates at least R (under a flip or quarter turn) "
+                        "are copies and share a split (default 0.9; above 1: only copies the adapters name)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
 

@@ -80,8 +80,10 @@ def build_dataset(root: Path, retina: np.ndarray) -> Path:
 
 
 def prepare_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """Every photograph of the fixture is one retina (mirrored, brightened): copies, which would all
+    share one split, so the split tests turn the signature test off (test_copies.py tests it)."""
     return ["prepare", "--source", f"mex_dme_dr={root}", "--out", str(out), "--size", "64",
-            "--shard-size", str(SHARD_SIZE), "--quiet", *extra]
+            "--shard-size", str(SHARD_SIZE), "--copy-correlation", "2", "--quiet", *extra]
 
 
 def snapshot(out: Path) -> dict[str, bytes]:

@@ -4,10 +4,15 @@ Work is cut into shards of a fixed number of records in a fixed order. A shard i
 when its summary file (``shards/<name>.json``) exists; both the tar and the summary are written
 atomically, so after a kill a restart redoes only unfinished shards, and the final index and
 rejects are rebuilt from the summaries: a resumed run ends byte-identical to an uninterrupted one.
+
+Before any shard, copies of one photograph across records are found (``fundusgen.data.copies``:
+their signatures are cached in ``signatures.npz``, keyed by file, size and time) and given one
+split (``fundusgen.data.splits``); ``copies.csv`` lists every pair found and where it landed.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
@@ -19,7 +24,8 @@ from tqdm import tqdm
 from fundusgen.data import fundus, quality, shards
 from fundusgen.data.record import FundusRecord
 from fundusgen.data.sources import Problem, SourceError, read_source
-from fundusgen.data.splits import assign_split
+from fundusgen.data import copies
+from fundusgen.data.splits import assign_split, merge_copies, official_split
 
 VERSION = 1  # bump when preprocessing changes, so old shards are redone
 
@@ -35,6 +41,7 @@ class PrepareConfig:
     jpeg_quality: int = 95
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
+    copy_correlation: float = copies.COPY_CORRELATION  # above 1: only adapters' copy groups join records
 
 
 @dataclass
@@ -44,6 +51,8 @@ class PrepareResult:
     shards_written: int
     shards_skipped: int
     failed_sources: list[str] = field(default_factory=list)
+    copy_pairs: int = 0          # pairs of records found to be copies of one photograph
+    moved_by_copies: int = 0     # records whose split their copies changed
 
 
 def _process(args) -> dict:
@@ -117,6 +126,75 @@ def collect_records(cfg: PrepareConfig, problems: list[dict], failed: list[str])
     return items
 
 
+def _signatures(items: list[dict], out: Path, workers: int, progress: bool) -> "np.ndarray":
+    """Each record's copy signature, from ``out/signatures.npz`` where its file is unchanged.
+    An unreadable image gets a zero signature (it matches nothing; its shard rejects it)."""
+    import numpy as np
+    paths = [it["record"]["image"] for it in items]
+    keys = []
+    for p in paths:
+        try:
+            st = Path(p).stat()
+            keys.append(f"{p}|{st.st_size}|{st.st_mtime_ns}")
+        except OSError:
+            keys.append(f"{p}|missing")
+    cache_path = out / "signatures.npz"
+    cached: dict = {}
+    try:
+        with np.load(cache_path) as z:
+            cached = dict(zip(z["keys"].tolist(), z["signatures"]))
+    except (OSError, ValueError, KeyError):
+        pass
+    todo = [i for i, k in enumerate(keys) if k not in cached]
+    bar = tqdm(total=len(todo), unit="img", desc="copy signatures", disable=not progress or not todo)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(max(1, workers)) if workers > 1 and len(todo) > 64 else _Serial() as pool:
+        for i, sig in zip(todo, pool.imap(_signature_of, [paths[i] for i in todo], chunksize=16)):
+            cached[keys[i]] = sig
+            bar.update(1)
+    bar.close()
+    signatures = np.stack([cached[k] for k in keys]) if keys else np.zeros((0, copies.SIDE, copies.SIDE), np.float32)
+    if todo:
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.array(keys), signatures=signatures)
+        shards.atomic_write_bytes(cache_path, buf.getvalue())
+    return signatures
+
+
+def _signature_of(path: str) -> "np.ndarray":
+    import numpy as np
+    try:
+        return copies.signature(fundus.load_rgb(path))
+    except (fundus.ImageError, OSError, ValueError):
+        return np.zeros((copies.SIDE, copies.SIDE), np.float32)
+
+
+def join_copies(items: list[dict], signatures, threshold: float) -> tuple[list[dict], int]:
+    """Give the copies among ``items`` one split (in place); return the pairs found, for copies.csv,
+    and how many records changed split. Pairs are
+    signature pairs at or above ``threshold`` and records of one dataset that share an adapter's
+    ``source_labels["copy_group"]``."""
+    found = {(i, j): round(c, 4) for i, j, c in copies.copy_pairs(signatures, threshold)}
+    by_group: dict = {}
+    for i, it in enumerate(items):
+        group = it["record"].get("source_labels", {}).get("copy_group")
+        if group is not None:
+            by_group.setdefault((it["record"]["dataset"], group), []).append(i)
+    for members in by_group.values():
+        for j in members[1:]:
+            found.setdefault((members[0], j), "copy_group")
+    groups = copies.copy_groups(len(items), list(found))
+    before = [it["split"] for it in items]
+    official = [official_split(it["record"].get("source_labels", {})) is not None for it in items]
+    for it, split in zip(items, merge_copies(before, groups, official)):
+        it["split"] = split
+    name = lambda i: f"{items[i]['record']['dataset']}/{items[i]['record']['id']}"  # noqa: E731
+    pairs = [{"a": name(i), "b": name(j), "correlation": c, "split_a": items[i]["split"], "split_b": items[j]["split"],
+              "moved": before[i] != items[i]["split"] or before[j] != items[j]["split"]}
+             for (i, j), c in sorted(found.items())]
+    return pairs, sum(b != it["split"] for b, it in zip(before, items))
+
+
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     out = Path(cfg.out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -125,6 +203,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     problems: list[dict] = []
     failed: list[str] = []
     items = collect_records(cfg, problems, failed)
+    pairs, moved = join_copies(items, _signatures(items, out, cfg.workers, progress), cfg.copy_correlation)
+    shards.atomic_write_text(out / "copies.csv", pd.DataFrame(
+        pairs, columns=["a", "b", "correlation", "split_a", "split_b", "moved"]).to_csv(index=False))
     chunks = [items[i:i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     todo = []
     for i, chunk in enumerate(chunks):
@@ -170,10 +251,12 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     _write_table(out / "index.parquet", pd.DataFrame(rows, columns=_INDEX_COLUMNS if not rows else None))
     shards.atomic_write_text(out / "rejects.csv",
                              pd.DataFrame(rejects, columns=["path", "dataset", "id", "reason"]).to_csv(index=False))
-    result = PrepareResult(len(rows), len(rejects), len(todo), len(chunks) - len(todo), failed)
+    result = PrepareResult(len(rows), len(rejects), len(todo), len(chunks) - len(todo), failed, len(pairs), moved)
     summary = {"config": {**asdict(cfg), "out": str(cfg.out)}, "version": VERSION, **asdict(result),
                "per_dataset": pd.DataFrame(rows).groupby("dataset").size().to_dict() if rows else {},
-               "per_split": pd.DataFrame(rows).groupby("split").size().to_dict() if rows else {}}
+               "per_split": pd.DataFrame(rows).groupby("split").size().to_dict() if rows else {},
+               "copies": {"pairs": len(pairs), "pairs_across_splits": sum(p["split_a"] != p["split_b"] for p in pairs),
+                          "records_moved_to_an_earlier_split": moved}}
     shards.atomic_write_text(out / "prepare.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     return result
 
