@@ -18,13 +18,13 @@ import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fundusgen.data import fundus, quality, shards
+from fundusgen.data import copies, fundus, quality, shards
 from fundusgen.data.record import FundusRecord
 from fundusgen.data.sources import Problem, SourceError, read_source
-from fundusgen.data import copies
 from fundusgen.data.splits import assign_split, merge_copies, official_split
 
 VERSION = 1  # bump when preprocessing changes, so old shards are redone
@@ -126,10 +126,9 @@ def collect_records(cfg: PrepareConfig, problems: list[dict], failed: list[str])
     return items
 
 
-def _signatures(items: list[dict], out: Path, workers: int, progress: bool) -> "np.ndarray":
+def _signatures(items: list[dict], out: Path, workers: int, progress: bool) -> np.ndarray:
     """Each record's copy signature, from ``out/signatures.npz`` where its file is unchanged.
     An unreadable image gets a zero signature (it matches nothing; its shard rejects it)."""
-    import numpy as np
     paths = [it["record"]["image"] for it in items]
     keys = []
     for p in paths:
@@ -142,7 +141,7 @@ def _signatures(items: list[dict], out: Path, workers: int, progress: bool) -> "
     cached: dict = {}
     try:
         with np.load(cache_path) as z:
-            cached = dict(zip(z["keys"].tolist(), z["signatures"]))
+            cached = dict(zip(z["keys"].tolist(), z["signatures"].astype(np.float32)))
     except (OSError, ValueError, KeyError):
         pass
     todo = [i for i, k in enumerate(keys) if k not in cached]
@@ -150,19 +149,18 @@ def _signatures(items: list[dict], out: Path, workers: int, progress: bool) -> "
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, workers)) if workers > 1 and len(todo) > 64 else _Serial() as pool:
         for i, sig in zip(todo, pool.imap(_signature_of, [paths[i] for i in todo], chunksize=16)):
-            cached[keys[i]] = sig
+            cached[keys[i]] = sig.astype(np.float16).astype(np.float32)  # as the cache stores it: a re-run decides alike
             bar.update(1)
     bar.close()
     signatures = np.stack([cached[k] for k in keys]) if keys else np.zeros((0, copies.SIDE, copies.SIDE), np.float32)
     if todo:
         buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys), signatures=signatures)
+        np.savez(buf, keys=np.array(keys), signatures=signatures.astype(np.float16))  # 2 KB a record
         shards.atomic_write_bytes(cache_path, buf.getvalue())
     return signatures
 
 
-def _signature_of(path: str) -> "np.ndarray":
-    import numpy as np
+def _signature_of(path: str) -> np.ndarray:
     try:
         return copies.signature(fundus.load_rgb(path))
     except (fundus.ImageError, OSError, ValueError):
