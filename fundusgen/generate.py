@@ -72,6 +72,14 @@ def sample_checked(pipe, prompt: str, seed: int, retries: int, **settings):
     return result.images[0], meta
 
 
+def _same_draw(anatomy: dict | None, retries: int) -> bool:
+    """Whether an image written with the check ``anatomy`` (None: unchecked) is the one ``retries``
+    would give: the same setting, or a valid draw that came within these retries too."""
+    if anatomy is None or retries == 0:
+        return anatomy is None and retries == 0
+    return anatomy["retries"] == retries or (anatomy["valid"] and anatomy["attempts"] <= retries + 1)
+
+
 def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: int = 4, seed: int = 0,
                        progress: bool = True, attributes: list[dict] | None = None, anatomy_retries: int = 0,
                        **settings) -> list[Path]:
@@ -104,8 +112,7 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
                 expected["attributes"] = attributes[p_i]
             if png.exists() and sidecar.exists():
                 meta = json.loads(sidecar.read_text())
-                if (all(meta.get(k) == v for k, v in expected.items())
-                        and meta.get("anatomy", {}).get("retries", 0) == anatomy_retries):
+                if all(meta.get(k) == v for k, v in expected.items()) and _same_draw(meta.get("anatomy"), anatomy_retries):
                     images.append(Image.open(png).convert("RGB"))
                     written.append(png)
                     bar.update(1)

@@ -131,6 +131,18 @@ def test_anatomy_retries_draw_an_invalid_image_again_and_say_so(model_dir, tmp_p
           "--quiet"])
     assert (out / "000_seed0.png").stat().st_mtime_ns == stamp
     assert main(["generate", "x", "-o", str(out), "--model", str(model_dir), "--anatomy-retries", "-1"]) == 2
+    main(["generate", "left eye", "-n", "2", "-o", str(out), "--model", str(model_dir), "--quiet"])
+    assert (out / "000_seed0.png").stat().st_mtime_ns != stamp  # unchecked now: drawn once, as asked
+    assert "anatomy" not in json.loads((out / "000_seed0.json").read_text())
+
+
+def test_a_valid_image_is_kept_when_more_retries_are_asked():
+    from fundusgen.generate import _same_draw
+    assert _same_draw(None, 0) and not _same_draw(None, 3)
+    assert not _same_draw({"valid": True, "attempts": 1, "retries": 3}, 0)
+    assert _same_draw({"valid": True, "attempts": 2, "retries": 3}, 6) and _same_draw({"valid": True, "attempts": 2, "retries": 3}, 1)
+    assert not _same_draw({"valid": True, "attempts": 3, "retries": 3}, 1)  # the third draw is out of reach
+    assert not _same_draw({"valid": False, "attempts": 4, "retries": 3}, 6)  # three more draws may find one
 
 
 def test_a_valid_draw_ends_the_retries_and_its_seed_is_recorded(model_dir, monkeypatch):
