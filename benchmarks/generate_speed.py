@@ -2,6 +2,7 @@
 same denoiser driven through diffusers' FlowMatchEulerDiscreteScheduler.
 
     python benchmarks/generate_speed.py [--model PATH] [--images 4] [--steps 25] [--guidance 4]
+                                        [--anatomy-retries 3 --checked-images 20]
 
 Targets (issue 4, 2-core CPU, default model at 256 px, 25 steps, guidance on): at most 5 s per
 image, at most 2 GB peak memory, our loop no slower than diffusers' scheduler (ratio <= 1.05).
@@ -27,6 +28,9 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--anatomy-retries", type=int, default=0,
+                    help="also time `generate --anatomy-retries K` (the anatomy check and its redraws)")
+    ap.add_argument("--checked-images", type=int, default=20, help="images (seeds 0..) for the checked run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -79,6 +83,18 @@ def main():
     print(f"fundusgen sampling, aperture none: {plain:.2f} s/image")
     print(f"diffusers FlowMatchEulerDiscreteScheduler, same denoiser: {per_image_diffusers:.2f} s/image")
     print(f"ratio ours (aperture none: the same work) / diffusers: {plain / per_image_diffusers:.3f} (target <= 1.05)")
+    if args.anatomy_retries:
+        from fundusgen.generate import sample_checked
+        sample_checked(pipe, prompt, 0, 1, steps=2, guidance=args.guidance)  # loads the measurement networks
+        t0, draws, valid = time.perf_counter(), 0, 0
+        for i in range(args.checked_images):
+            _, meta = sample_checked(pipe, prompt, i, args.anatomy_retries, steps=args.steps, guidance=args.guidance)
+            draws += meta["anatomy"]["attempts"]
+            valid += meta["anatomy"]["valid"]
+        checked = (time.perf_counter() - t0) / args.checked_images
+        check = (checked * args.checked_images - draws * per_image) / draws
+        print(f"with --anatomy-retries {args.anatomy_retries}, {args.checked_images} images: {checked:.2f} s/image, "
+              f"{draws / args.checked_images:.2f} draws per image, {valid} valid; the check about {check:.2f} s per draw")
     print(f"peak memory (RSS): {peak_rss_mb():.0f} MB (target <= 2048 MB)")
 
 
