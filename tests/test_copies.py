@@ -90,3 +90,21 @@ def test_the_4class_sets_augmented_families_are_named_copies(tmp_path):
     groups = {r.id: r.source_labels.get("copy_group") for r in read_source("eye_diseases_4class", tmp_path)}
     assert groups == {"cataract/_12_345": "cataract/12", "cataract/_12_678": "cataract/12",
                       "cataract/_13_1": "cataract/13", "glaucoma/_12_9": "glaucoma/12", "cataract/2101_left": None}
+
+
+def test_copies_in_the_shared_data_are_found_and_distinct_photographs_are_not(shared_data):
+    """Pairs of ../shared/data that are one photograph: the same file in two datasets, one picture
+    under two patient ids, a mirrored augmentation; and distinct photographs of one camera."""
+    from fundusgen.data.fundus import load_rgb
+    fundus_4class = shared_data / "eye_diseases_4class" / "dataset"
+    mex = next((shared_data / "mex_dme_dr" / "EYE FUNDUS").glob("*/0066_OD_f_1.jpg")).parent
+    drive = shared_data / "drive" / "DRIVE" / "training" / "images"
+    files = [shared_data / "csdi_cataract" / "original_images" / "LXW1.jpg",
+             shared_data / "csdi_cataract" / "original_images" / "LSQ1.jpg",
+             shared_data / "csdi_cataract" / "original_images" / "cataract_011.png",
+             fundus_4class / "cataract" / "cataract_011.png",
+             mex / "0066_OD_f_1.jpg", next((shared_data / "mex_dme_dr" / "EYE FUNDUS").glob("*/0485_OD_f_1.jpg")),
+             next(fundus_4class.glob("*/1211_right.jpg")), next(fundus_4class.glob("*/_5_5487582.jpg")),
+             drive / "21_training.tif", drive / "22_training.tif", drive / "23_training.tif"]
+    sigs = np.stack([signature(load_rgb(f)) for f in files])
+    assert {(i, j) for i, j, _ in copy_pairs(sigs)} == {(0, 1), (2, 3), (4, 5), (6, 7)}
