@@ -359,3 +359,16 @@ def test_cataract_on_a_small_part_of_the_real_data(shared_data, tmp_path):
     assert test["n"] >= 4 and set(test["summary"]) == set(D.REMEDIES)  # no synthetic set given: three arms
     for arm, s in test["summary"].items():
         assert s["auc"]["mean"] > 0.7, arm
+
+
+def test_external_images_that_copy_training_photographs_are_left_out(tmp_path):
+    """copies.csv (fundusgen prepare) names copies across datasets; an external test image in the
+    group of a training photograph, directly or through another copy, is no external test."""
+    from fundusgen.eval.downstream import copies_of
+    index = pd.DataFrame({"dataset": ["a", "a", "b", "b", "b", "c"], "id": ["1", "2", "x", "y", "z", "w"],
+                          "key": ["a__1", "a__2", "b__x", "b__y", "b__z", "c__w"]})
+    pd.DataFrame({"a": ["a/1", "b/y", "c/w"], "b": ["b/x", "c/w", "a/9"], "correlation": [0.95, 0.93, 0.91]}
+                 ).to_csv(tmp_path / "copies.csv", index=False)
+    assert copies_of(tmp_path, index, {"a__1"}) == {"b__x"}
+    assert copies_of(tmp_path, index, {"a__1", "c__w"}) == {"b__x", "b__y"}
+    assert copies_of(tmp_path / "elsewhere", index, {"a__1"}) == set()  # prepared before copies.csv existed

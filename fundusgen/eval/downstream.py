@@ -415,6 +415,24 @@ class _Split:
     """One set of real images of a task: sample keys and labels (class indices, or external classes)."""
     keys: list[str]
     y: np.ndarray
+    copies_left_out: int = 0   # external images left out as copies of training photographs
+
+
+def copies_of(prepared: Path, index: pd.DataFrame, keys: set[str]) -> set[str]:
+    """Index keys that are copies of one of ``keys``, by the prepared folder's ``copies.csv``
+    (``fundusgen prepare``; copies of copies too). Empty for a folder prepared before it existed."""
+    from fundusgen.data.copies import copy_groups
+    try:
+        pairs = pd.read_csv(prepared / "copies.csv", usecols=["a", "b"])
+    except (OSError, ValueError):
+        return set()
+    key_of = dict(zip(index["dataset"] + "/" + index["id"], index["key"]))
+    names = sorted({*pairs["a"], *pairs["b"]} & key_of.keys())
+    at = {n: i for i, n in enumerate(names)}
+    kept = [(at[a], at[b]) for a, b in zip(pairs["a"], pairs["b"]) if a in at and b in at]
+    groups = copy_groups(len(names), kept)
+    hit = {groups[at[n]] for n in names if key_of[n] in keys}
+    return {key_of[n] for n in names if groups[at[n]] in hit} - keys
 
 
 def _task_splits(task: Task, index: pd.DataFrame, prepared: Path, max_train: int | None,
@@ -440,11 +458,15 @@ def _task_splits(task: Task, index: pd.DataFrame, prepared: Path, max_train: int
         keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:max(1, round(max_train * (y == c).mean()))]
                                        for c in present]))
         out["train"] = _Split([out["train"].keys[i] for i in keep], y[keep])
+    # an external image that is a copy of a training photograph (the 4-class set holds half of CSDI) is no test
+    seen = copies_of(prepared, index, set(rows.loc[rows["split"] == "train", "key"])) if task.externals else set()
     for ext in task.externals:
         rows = index[index["dataset"] == ext.dataset]
         y = np.array([ext.label(v) for v in rows[ext.column]], dtype=np.int64)
-        if (y >= 0).any():  # an external set that was not prepared is named in the result, not an error
-            out[f"external:{ext.dataset}"] = _Split(rows["key"].to_numpy()[y >= 0].tolist(), y[y >= 0])
+        keep = (y >= 0) & ~rows["key"].isin(seen).to_numpy()
+        if keep.any():  # an external set that was not prepared is named in the result, not an error
+            out[f"external:{ext.dataset}"] = _Split(rows["key"].to_numpy()[keep].tolist(), y[keep],
+                                                    int(((y >= 0) & ~keep).sum()))
     return out
 
 
@@ -618,7 +640,9 @@ def _task_result(task: Task, s: dict[str, _Split], runs: dict, counts: dict, cho
         sets[name] = {"where": where, "dataset": ext.dataset if ext else task.dataset,
                       "n": int(len(part.y)), "classes": list(classes),
                       "class_counts": np.bincount(part.y, minlength=len(classes)).tolist(),
-                      "note": ext.note if ext else "", "summary": summary,
+                      "note": " ".join(filter(None, [ext.note if ext else "", f"{part.copies_left_out} images left out: "
+                                                     f"copies of training photographs (copies.csv)"
+                                                     if part.copies_left_out else ""])), "summary": summary,
                       "runs": {arm: runs[arm][name] for arm in ARMS if runs[arm].get(name)}}
     verdicts = {name: verdict(task, d["summary"], d["where"]) for name, d in sets.items()}
     labelled = y_synth[y_synth >= 0]
