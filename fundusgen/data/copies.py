@@ -22,12 +22,12 @@ Two records are copies when
 
 Written by hand: image-hashing libraries answer "the same file re-encoded", not "the same fundus
 flipped and re-coloured", and the all-pairs search is one matrix product per flip. It is
-quadratic: 6,700 photographs take about two seconds; a million would need an approximate index.
+quadratic: 6,741 photographs take 4.5 s on two cores; a million would need an approximate index.
 """
 from __future__ import annotations
 
-import numpy as np
 import cv2
+import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 

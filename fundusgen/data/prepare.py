@@ -169,9 +169,8 @@ def _signature_of(path: str) -> np.ndarray:
 
 def join_copies(items: list[dict], signatures, threshold: float) -> tuple[list[dict], int]:
     """Give the copies among ``items`` one split (in place); return the pairs found, for copies.csv,
-    and how many records changed split. Pairs are
-    signature pairs at or above ``threshold`` and records of one dataset that share an adapter's
-    ``source_labels["copy_group"]``."""
+    and how many records changed split. Copies are signature pairs at or above ``threshold`` and
+    records of one dataset that share an adapter's ``source_labels["copy_group"]``."""
     found = {(i, j): round(c, 4) for i, j, c in copies.copy_pairs(signatures, threshold)}
     by_group: dict = {}
     for i, it in enumerate(items):
@@ -201,7 +200,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     problems: list[dict] = []
     failed: list[str] = []
     items = collect_records(cfg, problems, failed)
-    pairs, moved = join_copies(items, _signatures(items, out, cfg.workers, progress), cfg.copy_correlation)
+    signatures = (_signatures(items, out, cfg.workers, progress) if cfg.copy_correlation <= 1  # else: not needed
+                  else np.zeros((len(items), copies.SIDE, copies.SIDE), np.float32))
+    pairs, moved = join_copies(items, signatures, cfg.copy_correlation)
     shards.atomic_write_text(out / "copies.csv", pd.DataFrame(
         pairs, columns=["a", "b", "correlation", "split_a", "split_b", "moved"]).to_csv(index=False))
     chunks = [items[i:i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
