@@ -83,7 +83,22 @@ def test_studio_generates_and_serves_images_with_metadata(tmp_path, tiny_model):
             assert client.get(bad).status_code == 404, bad
 
 
+def test_studio_checks_anatomy_and_draws_again_when_asked(tmp_path, tiny_model):
+    """The tiny random model draws no fundus: every draw fails the check, and each image's metadata
+    says so, as `fundusgen generate --anatomy-retries` writes it."""
+    with TestClient(create_app(tmp_path / "web", tiny_model)) as client:
+        wait_model(client)
+        job = client.post("/api/jobs", json={"prompt": "left eye", "count": 2, "seed": 3, "steps": 2, "anatomy_retries": 1})
+        job = wait_for(client.get, job.json()["id"])
+        assert job["status"] == "done" and job["progress"] == 1.0 and len(job["images"]) == 2
+        for i, links in enumerate(job["images"]):
+            meta = client.get(links["json"]).json()
+            assert meta["seed"] == 3 + i and meta["anatomy"]["attempts"] == 2 and not meta["anatomy"]["valid"]
+        assert 'name="anatomy_retries"' in client.get("/studio").text
+
+
 @pytest.mark.parametrize("body, message", [
+    ({"prompt": "a", "anatomy_retries": 7}, "anatomy_retries must be 0-6"),
     ({"prompt": ""}, "empty prompt"), ({"prompt": "x" * 4001}, "4001 characters"), ({"prompt": "a", "count": 9}, "count must be 1-8"),
     ({"prompt": "a", "count": 0}, "count must be 1-8"), ({"prompt": "a", "steps": 201}, "steps must be 1-200"),
     ({"prompt": "a", "guidance": "x"}, "guidance must be a number"), ({"prompt": "a", "seed": -1}, "seed must be"),

@@ -22,7 +22,8 @@ from fundusgen.vocab import Lesion, Region
 from fundusgen.web import study as studies
 from fundusgen.web.stats import REAL, STRUCTURES, SYNTHETIC
 from fundusgen.web.store import Store
-from fundusgen.web.studio import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_STEPS, GenerationQueue, GenerationRequest, compose_caption
+from fundusgen.web.studio import (MAX_IMAGES, MAX_PROMPT_CHARS, MAX_RETRIES, MAX_STEPS, GenerationQueue, GenerationRequest,
+                                  compose_caption)
 
 HERE = Path(__file__).parent
 DATABASE = "fundusgen.sqlite"
@@ -94,7 +95,7 @@ def create_app(data_dir: str | Path, model_path: str | Path | None = None) -> Fa
     def studio(request: Request):
         return page(request, "studio.html", status_name=generator.model_status, model=generator.model_message,
                     defaults=generator.model_defaults, lesions=list(Lesion), regions=list(Region),
-                    max_images=MAX_IMAGES, max_steps=MAX_STEPS, max_prompt=MAX_PROMPT_CHARS)
+                    max_images=MAX_IMAGES, max_steps=MAX_STEPS, max_retries=MAX_RETRIES, max_prompt=MAX_PROMPT_CHARS)
 
     @app.get("/api/model")
     def model():

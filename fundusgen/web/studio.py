@@ -26,6 +26,7 @@ log = logging.getLogger("fundusgen.web")
 MAX_PROMPT_CHARS = 4000
 MAX_IMAGES = 8
 MAX_STEPS = 200
+MAX_RETRIES = 6  # anatomy retries per image: 99% of the default model's images are valid within 6 (model card)
 MAX_PENDING = 32
 ATTRIBUTES = ("eye", "dr_grade", "dme", "glaucoma", "cdr", "cataract", "quality")
 
@@ -75,6 +76,7 @@ class GenerationRequest:
     seed: int = 0
     steps: int | None = None
     guidance: float | None = None
+    anatomy_retries: int = 0   # `fundusgen generate --anatomy-retries`: check each image, draw an invalid one again
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> "GenerationRequest":
@@ -98,7 +100,8 @@ class GenerationRequest:
 
         return cls(prompt=prompt.strip(), count=number("count", int, 1, MAX_IMAGES, 1),
                    seed=number("seed", int, 0, 2**31 - 1, secrets.randbelow(2**31)),
-                   steps=number("steps", int, 1, MAX_STEPS, None), guidance=number("guidance", float, 0.0, 30.0, None))
+                   steps=number("steps", int, 1, MAX_STEPS, None), guidance=number("guidance", float, 0.0, 30.0, None),
+                   anatomy_retries=number("anatomy_retries", int, 0, MAX_RETRIES, 0))
 
 
 class GenerationQueue:
@@ -214,11 +217,19 @@ class GenerationQueue:
             with self._lock:
                 self._progress[job_id] = (done, total)
 
-        result = self.pipe(request.prompt, num_images=request.count, seed=request.seed, steps=request.steps,
-                           guidance=request.guidance, callback=progress)
+        if request.anatomy_retries:
+            from fundusgen.generate import sample_checked
+            drawn = [sample_checked(self.pipe, request.prompt, request.seed + i, request.anatomy_retries,
+                                    steps=request.steps, guidance=request.guidance,
+                                    callback=lambda done, n, i=i: progress(i + done / n, request.count))
+                     for i in range(request.count)]
+        else:
+            result = self.pipe(request.prompt, num_images=request.count, seed=request.seed, steps=request.steps,
+                               guidance=request.guidance, callback=progress)
+            drawn = list(zip(result.images, result.metadata))
         folder = self.out_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        for i, (image, meta) in enumerate(zip(result.images, result.metadata)):
+        for i, (image, meta) in enumerate(drawn):
             image.save(folder / f"{i}.png")
             (folder / f"{i}.json").write_text(json.dumps({**meta, "job": job_id}, indent=2))
-        self._set(job_id, status="done", images=len(result.images))
+        self._set(job_id, status="done", images=len(drawn))

@@ -46,7 +46,7 @@ form.addEventListener("submit", async (event) => {
   event.preventDefault();
   showError("");
   const body = {prompt: prompt.value};
-  for (const name of ["seed", "steps", "guidance", "count"]) body[name] = form.elements[name].value;
+  for (const name of ["seed", "steps", "guidance", "count", "anatomy_retries"]) body[name] = form.elements[name].value;
   try {
     await call("POST", "/api/jobs", body);
     poll();
