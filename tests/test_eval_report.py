@@ -155,6 +155,16 @@ def test_generate_prints_the_same_memorisation_verdict_for_its_folder(workspace,
         memorisation_of_folder(w["synthetic"], w["synthetic"], cache_dir=w["cache"], progress=False)
 
 
+def test_the_report_says_when_the_images_were_drawn_with_anatomy_retries(tmp_path):
+    from fundusgen.eval.report import _retry_warnings
+    for i, anatomy in enumerate([{"valid": True, "reasons": [], "attempts": 1, "retries": 3},
+                                 {"valid": True, "reasons": [], "attempts": 3, "retries": 3}, None]):
+        (tmp_path / f"{i}.json").write_text(json.dumps({"file": f"{i}.png", **({"anatomy": anatomy} if anatomy else {})}))
+    (warning,) = _retry_warnings(tmp_path, ["0.png", "1.png", "2.png", "3.png"])
+    assert warning.startswith("2 of 4 synthetic images were generated with --anatomy-retries (1 drawn again")
+    assert _retry_warnings(tmp_path, ["2.png", "3.png"]) == []
+
+
 def test_a_photograph_that_is_no_fundus_is_anatomically_invalid(evaluated):
     report, printed, _ = evaluated
     images = report["anatomy"]["images"]

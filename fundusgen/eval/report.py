@@ -361,6 +361,7 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
     real_checks = {name: run_anatomy(real_sources[name], ids, cache_dir=cfg.cache_dir, desc=f"anatomy {name}",
                                      progress=progress) for name, ids in real_ids.items()}
     warnings += _size_warnings(synth_source, synth.ids, real_sources, real_ids)
+    warnings += _retry_warnings(cfg.synthetic, synth.ids)
     timings["anatomy_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -431,6 +432,26 @@ def _memorisation_json(result: MemorisationResult | None, heldout_sims: np.ndarr
     out["synthetic_quantiles"] = {f"q{q:g}": float(np.quantile(sims, q)) for q in (0.5, 0.9, 0.99, 1.0)}
     out["n_heldout"] = int(len(heldout_sims))
     return out
+
+
+def _retry_warnings(folder: Path, ids: list[str]) -> list[str]:
+    """Say when the synthetic images were drawn with `generate --anatomy-retries` (their sidecars
+    say so): the anatomy check then judges a set it already filtered."""
+    checked = redrawn = 0
+    for item in ids:
+        try:
+            meta = json.loads((folder / item).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            continue
+        anatomy = meta.get("anatomy") if isinstance(meta, dict) else None
+        if isinstance(anatomy, dict) and anatomy.get("retries"):
+            checked += 1
+            redrawn += anatomy.get("attempts", 1) > 1
+    if not checked:
+        return []
+    return [f"{checked} of {len(ids)} synthetic images were generated with --anatomy-retries ({redrawn} drawn again "
+            f"after failing the anatomy check): the anatomy figures describe that filtered set, not the model's own "
+            f"draws; generate without retries to measure the model"]
 
 
 def _size_warnings(synth_source: ImageSource, synth_ids: list[str], real_sources: dict[str, ImageSource],
