@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/fundusgen generate "$(PROMPT)" -n 4 --seed 0 --anatomy-retries 3 -o out/demo
+	$(BIN)/fundusgen generate "$(PROMPT)" -n 4 --seed 0 --anatomy-retries 6 -o out/demo
 
 test: setup
 	$(BIN)/python -m pytest -q
