@@ -196,13 +196,15 @@ def measure_view(image: np.ndarray, fov: np.ndarray) -> Measurements:
     for x, y, _ in candidates:
         found = segment_disc_cup(net, image, fov, (x, y, dd)) if net is not None else None
         confirmed.append((found.x, found.y, found.diameter) if found else None)
-    # from where count_discs will put the disc: the first candidate the network confirms, else the best
-    anchors = [(f[0], f[1]) for f in confirmed if f is not None and f[2] >= MIN_CONFIRMED_DIAMETER * dd]
-    anchors += [c[:2] for c in candidates[:1]]
-    spot = dark_spot(image, fov, anchors[0], dd) if anchors else None
     vessels = attributes.vessel_mask(image, fov)[0]
-    return Measurements(candidates, confirmed, dd, spot, float(vessels[fov].mean()), branching_length(vessels, dd),
-                        lesions.haze(image, fov)["haze"])
+    m = Measurements(candidates, confirmed, dd, None, float(vessels[fov].mean()), branching_length(vessels, dd),
+                     lesions.haze(image, fov)["haze"])
+    # the fovea is looked for from where count_discs puts the disc: the first disc the network confirms
+    # (no score reaches infinity: no second disc, no unconfirmed one), else the best candidate
+    first = count_discs(m, np.inf)
+    anchor = (first[0].x, first[0].y) if first else candidates[0][:2] if candidates else None
+    m.fovea = dark_spot(image, fov, anchor, dd) if anchor else None
+    return m
 
 
 def count_discs(m: Measurements, disc_score_min: float) -> list[Disc]:

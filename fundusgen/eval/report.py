@@ -285,15 +285,16 @@ def _sample_ids(ids: list[str], limit: int, seed: int) -> list[str]:
     return [ids[i] for i in keep]
 
 
-def check_memorisation(synth: FeatureSet, train: FeatureSet, heldout: np.ndarray, prepared: Path, quantile: float,
+def check_memorisation(synth: FeatureSet, train: FeatureSet, heldout: np.ndarray, what: str, quantile: float,
                        synth_source: ImageSource, train_source: ImageSource,
                        ) -> tuple[MemorisationResult | None, np.ndarray, str | None]:
     """The memorisation step: the threshold from the held-out features, each synthetic image's nearest
-    training image, and the held-out similarities (for the plot); or the reason it cannot run."""
+    training image, and the held-out similarities (for the plot); or the reason it cannot run, named
+    after ``what`` (the option that gave the prepared folder, e.g. "--train DIR")."""
     try:
         threshold = calibrate_threshold(train.features, heldout, quantile)
     except FundusgenError as e:
-        return None, np.zeros(0), f"--train {prepared}: {e} (val and test splits), so no threshold can be calibrated"
+        return None, np.zeros(0), f"{what}: {e} (val and test splits), so no threshold can be calibrated"
     result = memorisation_check(synth.features, train.features, threshold, synth_ids=synth.ids, train_ids=train.ids,
                                 load_synth=synth_source, load_train=train_source)
     return result, nearest_by_cosine(heldout, train.features)[1], None
@@ -313,10 +314,10 @@ def memorisation_of_folder(folder: Path, prepared: Path, *, quantile: float = 0.
                             progress=progress)
     train = _require(feats[prepared, "train"], f"--memorisation {prepared}: split train")
     heldout = np.concatenate([feats[prepared, s].features for s in HELDOUT_SPLITS])
-    result, _, error = check_memorisation(_require(synth, str(folder)), train, heldout, prepared, quantile,
-                                          ImageSource(folder), ImageSource(prepared))
+    result, _, error = check_memorisation(_require(synth, str(folder)), train, heldout, f"--memorisation {prepared}",
+                                          quantile, ImageSource(folder), ImageSource(prepared))
     if result is None:
-        raise FundusgenError(error.replace("--train", "--memorisation", 1))
+        raise FundusgenError(error)
     return result
 
 
@@ -350,7 +351,7 @@ def evaluate(cfg: EvaluateConfig, *, model=None, progress: bool = True) -> dict:
     real_sources = {r.name: ImageSource(r.path) for r in cfg.real}
     heldout_features = np.concatenate([h.features for h in heldout])
     memorisation, heldout_sims, memorisation_error = check_memorisation(
-        synth, train, heldout_features, cfg.train, cfg.quantile, synth_source, train_source)
+        synth, train, heldout_features, f"--train {cfg.train}", cfg.quantile, synth_source, train_source)
     warnings.extend([memorisation_error] if memorisation_error else memorisation.threshold.warnings)
     verdict = memorisation.verdict if memorisation else f"memorisation: not checked ({memorisation_error})"
     timings["memorisation_s"] = time.perf_counter() - tick
