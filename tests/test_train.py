@@ -100,6 +100,34 @@ def test_a_recipe_without_denoiser_stages_trains_the_autoencoder_only(prepared, 
     assert not (tmp_path / "run" / "denoiser").exists() and not (tmp_path / "run" / "cache.safetensors").exists()
 
 
+def test_a_refiner_trains_alone_on_a_trained_transformer_given_by_init(prepared, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert main(["train", "--config", str(_recipe(tmp_path / "b.yaml", prepared, base)), "--quiet"]) == 0
+    trained = FundusGen.from_pretrained(base / "model").denoiser.state_dict()
+    refiner = {**TINY["denoiser"], "init": str(base / "model" / "denoiser"),
+               "model": {**TINY["denoiser"]["model"], "refiner_channels": 8, "refiner_depth": 2},
+               "stages": [{"name": "refiner", "resolution": 64, "subset": "all", "steps": 6, "batch_size": 4,
+                           "lr": 1e-2, "warmup": 0, "train": "refiner"}]}
+    run = tmp_path / "refined"
+    recipe = _recipe(tmp_path / "r.yaml", prepared, run, denoiser=refiner, aperture="circle")
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 0
+    assert FundusGen.from_pretrained(run / "model").config["aperture"] == "circle"  # the recipe's sampling default
+    after = FundusGen.from_pretrained(run / "model").denoiser.state_dict()
+    assert all(torch.equal(trained[k].half(), after[k].half()) for k in trained)  # the transformer stayed frozen
+    assert any(torch.count_nonzero(after[k]) for k in after if k.startswith("refiner.out."))  # the refiner learned
+    assert len(json.loads((run / "denoiser" / "loss_history.json").read_text())) == 6
+
+    wider = {**refiner, "model": {**refiner["model"], "hidden_size": 64}}  # not the init's architecture
+    bad = _recipe(tmp_path / "wide.yaml", prepared, tmp_path / "wide", denoiser=wider)
+    assert main(["train", "--config", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "denoiser.init" in err[0] and "only a refiner may be added" in err[0]
+    none = {**refiner, "model": TINY["denoiser"]["model"]}  # 'train: refiner' and no refiner
+    bad = _recipe(tmp_path / "none.yaml", prepared, tmp_path / "none", denoiser=none)
+    assert main(["train", "--config", str(bad), "--quiet"]) == 2
+    assert "refiner_channels" in capsys.readouterr().err
+
+
 def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsys):
     bad = tmp_path / "typo.yaml"
     bad.write_text("denoiser:\n  caption_dropuot: 0.2\n")
@@ -121,6 +149,9 @@ def test_stage_learning_rate_warms_up_then_stays_or_follows_a_half_cosine_to_zer
     bad = tmp_path / "decay.yaml"
     bad.write_text("denoiser:\n  stages:\n    - {name: pretrain, decay: linear}\n")
     with pytest.raises(FundusgenError, match=r"decay.yaml.denoiser.stages\[0\]: decay must be 'none' or 'cosine', not 'linear'"):
+        load_recipe(bad)
+    bad.write_text("denoiser:\n  stages:\n    - {name: pretrain, train: decoder}\n")
+    with pytest.raises(FundusgenError, match=r"train must be 'all' or 'refiner', not 'decoder'"):
         load_recipe(bad)
 
 

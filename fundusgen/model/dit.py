@@ -4,6 +4,12 @@ Conditioning: adaLN-Zero on the sum of the timestep embedding and the pooled cap
 cross-attention from image tokens to the caption's token states (as in PixArt-alpha and
 Lumina), so fine-grained words reach the image. Positions are 2-D sin-cos embeddings computed
 for the grid at hand, so one network trains at low resolution and fine-tunes at high.
+
+Optionally (``refiner_channels > 0``) a small convolutional refiner corrects the transformer's
+velocity at latent-pixel resolution, from the noisy latent and that velocity (as U-ViT's final
+3x3 convolution, deeper): each token's patch is predicted on its own by a linear layer, and an
+under-trained transformer leaves seams at patch borders that a few convolutions across them can
+learn away. Its receptive field is local, so the layout stays the transformer's.
 """
 from __future__ import annotations
 
@@ -110,12 +116,46 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+class RefinerBlock(nn.Module):
+    """GroupNorm, FiLM on the conditioning vector (zero-initialised: the identity), SiLU, 3x3 conv; residual."""
+
+    def __init__(self, width: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, width)
+        self.film = nn.Linear(cond_dim, 2 * width)
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, h, c):
+        shift, scale = self.film(F.silu(c)).chunk(2, dim=-1)
+        y = self.norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return h + self.conv(F.silu(y))
+
+
+class ConvRefiner(nn.Module):
+    """v + r(x_t, v, c): a residual correction whose last convolution starts at zero, so a trained
+    transformer given a refiner samples exactly as before until the refiner trains."""
+
+    def __init__(self, channels: int, width: int, depth: int, cond_dim: int):
+        super().__init__()
+        self.inp = nn.Conv2d(2 * channels, width, 3, padding=1)
+        self.blocks = nn.ModuleList(RefinerBlock(width, cond_dim) for _ in range(depth))
+        self.norm = nn.GroupNorm(8, width)
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+
+    def forward(self, x, v, c):
+        h = self.inp(torch.cat([x, v], dim=1))
+        for block in self.blocks:
+            h = block(h, c)
+        return v + self.out(F.silu(self.norm(h)))
+
+
 class DiT(ModelMixin, ConfigMixin):
     """v_theta(x_t, t, caption): predicts the flow velocity for latents x_t (B, C, H, W)."""
 
     @register_to_config
     def __init__(self, in_channels: int = 4, hidden_size: int = 256, depth: int = 8, num_heads: int = 4,
-                 patch_size: int = 2, mlp_ratio: float = 4.0, text_dim: int = 384):
+                 patch_size: int = 2, mlp_ratio: float = 4.0, text_dim: int = 384, refiner_channels: int = 0,
+                 refiner_depth: int = 3):
         super().__init__()
         self.patch = patch_size
         self.x_embed = nn.Conv2d(in_channels, hidden_size, patch_size, patch_size)
@@ -123,6 +163,7 @@ class DiT(ModelMixin, ConfigMixin):
         self.caption = CaptionEmbedder(text_dim, hidden_size)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
+        self.refiner = ConvRefiner(in_channels, refiner_channels, refiner_depth, hidden_size) if refiner_channels else None
         self._init_weights()
 
     def _init_weights(self):
@@ -138,6 +179,12 @@ class DiT(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.final.ada[-1].bias)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
+        if self.refiner is not None:
+            for block in self.refiner.blocks:
+                nn.init.zeros_(block.film.weight)
+                nn.init.zeros_(block.film.bias)
+            nn.init.zeros_(self.refiner.out.weight)
+            nn.init.zeros_(self.refiner.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -149,8 +196,8 @@ class DiT(ModelMixin, ConfigMixin):
         for block in self.blocks:
             tokens = block(tokens, cond, context, text_mask)
         out = self.final(tokens, cond)
-        out = out.view(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(b, c, h, w)
+        out = out.view(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+        return out if self.refiner is None else self.refiner(x, out, cond)
 
 
 DIT_SIZES = {

@@ -48,6 +48,8 @@ class DenoiserModelConfig:
     num_heads: int = 4
     patch_size: int = 2
     mlp_ratio: float = 4.0
+    refiner_channels: int = 0  # > 0: a convolutional refiner of this width after the transformer (dit.py)
+    refiner_depth: int = 4
 
 
 @dataclass
@@ -63,10 +65,14 @@ class StageConfig:
     decay: str = "none"        # none | cosine: after warmup, lr follows a half cosine to zero at the last step
     time_shift: float = 1.0    # SD3 time shift of the training timesteps (2 for 4x the tokens); the model
                                # samples with its last stage's shift
+    train: str = "all"         # all | refiner: what learns; 'refiner' freezes the transformer, whose
+                               # forward pass then costs no backward
 
     def __post_init__(self):
         if self.decay not in ("none", "cosine"):
             raise ValueError(f"decay must be 'none' or 'cosine', not {self.decay!r}")
+        if self.train not in ("all", "refiner"):
+            raise ValueError(f"train must be 'all' or 'refiner', not {self.train!r}")
         if not float(self.time_shift) > 0:
             raise ValueError(f"time_shift must be positive, not {self.time_shift!r}")
 
@@ -85,6 +91,8 @@ class DenoiserTrainConfig:
     caption_variants: int = 2    # captions cached per image (different seeded phrasings)
     flip: bool = True            # horizontal flip with left/right swapped in the caption
     min_quality: float = 0.5     # purified subset: quality score at least this
+    init: str | None = None      # start from this trained denoiser folder (e.g. a model's denoiser/); layers
+                                 # it lacks (a refiner added since) keep their initialisation
 
 
 @dataclass
@@ -101,6 +109,12 @@ class RecipeConfig:
     base_pipeline: str | None = None     # a local diffusers pipeline folder: fine-tune it instead (finetune_diffusers.py)
     exclude_datasets: list[str] = field(default_factory=list)  # datasets held out of training whole: an
                                                                # external real set for `fundusgen evaluate`
+    aperture: str = "none"               # the trained model's sampling default (model_index.json): 'circle'
+                                         # pins a round field of view while sampling (pipeline.py)
+
+    def __post_init__(self):
+        if self.aperture not in ("circle", "none"):
+            raise ValueError(f"aperture must be 'circle' or 'none', not {self.aperture!r}")
 
 
 def _build(cls, data, where: str):

@@ -79,8 +79,18 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         if f"latents_{stage.resolution}" not in cache:
             raise FundusgenError(f"stage {stage.name!r}: no cached latents at {stage.resolution} px")
     acc = Accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=dc.grad_accumulation)
+    if any(s.train == "refiner" for s in dc.stages):
+        if not dc.model.refiner_channels:
+            raise FundusgenError("a stage trains the refiner ('train: refiner') but the denoiser has none: "
+                                 "set denoiser.model.refiner_channels")
+        if acc.num_processes > 1 and len({s.train for s in dc.stages}) > 1:
+            raise FundusgenError("stages that train different parts ('train: all' and 'train: refiner') run in one "
+                                 "process only (DDP fixes the trained parameters when it wraps the model): run "
+                                 "them as separate recipes, the second with denoiser.init")
     torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
     model = DiT(in_channels=latent_channels, text_dim=text_dim, **asdict(dc.model))
+    if dc.init and not ckpt_path.exists():
+        load_init(model, dc.init)
     ema = EMAModel(model.parameters(), decay=dc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=dc.stages[0].lr, weight_decay=0.0)
     loss_fn = RectifiedFlowLoss(dc.timestep_sampling)
@@ -102,8 +112,13 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         x0, text, mask = (t.to(acc.device) for t in make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g))
         return loss_fn(model, x0, text, mask, g, stage.time_shift)
 
+    def on_stage(stage):  # 'train: refiner' freezes the transformer: its forward then records no graph
+        net = acc.unwrap_model(model)
+        for name, p in net.named_parameters():
+            p.requires_grad_(stage.train == "all" or name.startswith("refiner."))
+
     history = run_stages(cfg, acc, model, ema, opt, ckpt_path, (stage_i, step), cache, step_loss, out, "denoiser",
-                         progress)
+                         progress, on_stage)
     if acc.is_main_process:
         net = acc.unwrap_model(model)
         ema.copy_to(net.parameters())
@@ -112,11 +127,29 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     return final
 
 
+def load_init(model: DiT, folder: str) -> None:
+    """Copy a trained denoiser folder's weights into ``model``. Only a refiner may be missing from
+    the folder (a refiner added to a trained transformer); any other mismatch is an error."""
+    try:
+        trained = DiT.from_pretrained(folder)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise FundusgenError(f"denoiser.init {folder}: not a denoiser folder ({str(e).splitlines()[0][:160]})") from None
+    ours, theirs = model.state_dict(), trained.state_dict()
+    wrong = [k for k in ours if k not in theirs and not k.startswith("refiner.")]
+    wrong += [k for k in theirs if k not in ours or theirs[k].shape != ours[k].shape]
+    if wrong:
+        raise FundusgenError(f"denoiser.init {folder}: its architecture differs from the recipe's "
+                             f"(e.g. {wrong[0]!r}); only a refiner may be added")
+    model.load_state_dict(theirs, strict=False)
+
+
 def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, ckpt_path: Path,
-               start: tuple[int, int], cache: dict, step_loss, out: Path, tag: str, progress: bool) -> list[float]:
+               start: tuple[int, int], cache: dict, step_loss, out: Path, tag: str, progress: bool,
+               on_stage=None) -> list[float]:
     """The recipe's stages from (stage, step) on: learning rate, accumulation, clipping, EMA, logs and
     exact-resume checkpoints. ``step_loss(stage, pool, g)`` draws the step's batch from ``g`` and
-    returns its loss; it is all that differs between trainers. Returns the losses of this run."""
+    returns its loss; it is all that differs between trainers (``on_stage(stage)``, when given, is
+    called as each stage starts). Returns the losses of this run."""
     dc = cfg.denoiser
     stage_i, step = start
     writer = SummaryWriter(str(out / "logs")) if acc.is_main_process else None
@@ -124,6 +157,8 @@ def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, c
     offset = sum(s.steps for s in dc.stages[:stage_i])
     while stage_i < len(dc.stages):
         stage = dc.stages[stage_i]
+        if on_stage is not None:
+            on_stage(stage)
         pool = subset_indices(cache, stage, dc.min_quality)
         bar = tqdm(range(step, stage.steps), initial=step, total=stage.steps, unit="step",
                    desc=f"{tag} {stage_i + 1}/{len(dc.stages)} {stage.name} {stage.resolution}px",

@@ -52,7 +52,8 @@ def _assemble(out: Path, cfg: RecipeConfig, vae: FundusAutoencoder, dit: DiT, te
     shift = next((s.time_shift for s in reversed(cfg.denoiser.stages) if s.resolution == resolution), 1.0)
     return FundusGen(vae, dit, text_encoder, {
         "name": out.name, "text_encoder": cfg.text_encoder, "resolution": resolution,
-        "steps": 25, "guidance": 4.0, "sampler": "euler", "time_shift": float(shift)})
+        "steps": 25, "guidance": 4.0, "sampler": "euler", "time_shift": float(shift),
+        "aperture": cfg.aperture})
 
 
 def model_from_run(run: str | Path) -> FundusGen:
