@@ -32,6 +32,7 @@ def main():
     from fundusgen.model.autoencoder import AutoencoderLoss, FundusAutoencoder
     from fundusgen.model.dit import DiT
     from fundusgen.model.flow import RectifiedFlowLoss
+    from fundusgen.train.denoiser import set_trainable
     from fundusgen.train.config import load_recipe
     cfg = load_recipe(args.config)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -63,6 +64,7 @@ def main():
         x0 = torch.randn(stage.batch_size, tc.model.latent_channels, side, side)
         text, mask = torch.randn(stage.batch_size, 48, 384), torch.ones(stage.batch_size, 48, dtype=torch.bool)
         g = torch.Generator().manual_seed(0)
+        set_trainable(dit, stage)
 
         def dit_step():
             loss = flow(dit, x0, text, mask, g)

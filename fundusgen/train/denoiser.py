@@ -112,19 +112,21 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         x0, text, mask = (t.to(acc.device) for t in make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g))
         return loss_fn(model, x0, text, mask, g, stage.time_shift)
 
-    def on_stage(stage):  # 'train: refiner' freezes the transformer: its forward then records no graph
-        net = acc.unwrap_model(model)
-        for name, p in net.named_parameters():
-            p.requires_grad_(stage.train == "all" or name.startswith("refiner."))
-
     history = run_stages(cfg, acc, model, ema, opt, ckpt_path, (stage_i, step), cache, step_loss, out, "denoiser",
-                         progress, on_stage)
+                         progress, lambda stage: set_trainable(acc.unwrap_model(model), stage))
     if acc.is_main_process:
         net = acc.unwrap_model(model)
         ema.copy_to(net.parameters())
         net.save_pretrained(str(final), safe_serialization=True)
         (out / "loss_history.json").write_text(json.dumps(history))
     return final
+
+
+def set_trainable(model: DiT, stage: StageConfig) -> None:
+    """What a stage trains: everything, or ('train: refiner') the refiner alone, the transformer frozen,
+    so that its forward pass records no graph and costs no backward."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(stage.train == "all" or name.startswith("refiner."))
 
 
 def load_init(model: DiT, folder: str) -> None:
