@@ -101,6 +101,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         stage_i, step = int(state["stage"]), int(state["step"])
+    set_trainable(model, dc.stages[min(stage_i, len(dc.stages) - 1)])  # before DDP wraps it: DDP fixes what trains
     model, opt = acc.prepare(model, opt)
     ema.to(acc.device)
     if acc.device.type != "cpu":
@@ -134,7 +135,7 @@ def load_init(model: DiT, folder: str) -> None:
     the folder (a refiner added to a trained transformer); any other mismatch is an error."""
     try:
         trained = DiT.from_pretrained(folder)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         raise FundusgenError(f"denoiser.init {folder}: not a denoiser folder ({str(e).splitlines()[0][:160]})") from None
     ours, theirs = model.state_dict(), trained.state_dict()
     wrong = [k for k in ours if k not in theirs and not k.startswith("refiner.")]
