@@ -26,7 +26,7 @@ log = logging.getLogger("fundusgen.web")
 MAX_PROMPT_CHARS = 4000
 MAX_IMAGES = 8
 MAX_STEPS = 200
-MAX_RETRIES = 6  # anatomy retries per image: 99% of the default model's images are valid within 6 (model card)
+MAX_RETRIES = 6  # anatomy retries per image: 96% of the default model's images are valid within 6 (model card)
 MAX_PENDING = 32
 ATTRIBUTES = ("eye", "dr_grade", "dme", "glaucoma", "cdr", "cataract", "quality")
 
