@@ -155,7 +155,7 @@ class DiT(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int = 4, hidden_size: int = 256, depth: int = 8, num_heads: int = 4,
                  patch_size: int = 2, mlp_ratio: float = 4.0, text_dim: int = 384, refiner_channels: int = 0,
-                 refiner_depth: int = 3):
+                 refiner_depth: int = 4):
         super().__init__()
         self.patch = patch_size
         self.x_embed = nn.Conv2d(in_channels, hidden_size, patch_size, patch_size)

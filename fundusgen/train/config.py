@@ -15,6 +15,7 @@ import yaml
 
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import AutoencoderLossWeights
+from fundusgen.model.pipeline import APERTURES
 
 
 @dataclass
@@ -113,8 +114,8 @@ class RecipeConfig:
                                          # pins a round field of view while sampling (pipeline.py)
 
     def __post_init__(self):
-        if self.aperture not in ("circle", "none"):
-            raise ValueError(f"aperture must be 'circle' or 'none', not {self.aperture!r}")
+        if self.aperture not in APERTURES:
+            raise ValueError(f"aperture must be one of {', '.join(APERTURES)}, not {self.aperture!r}")
 
 
 def _build(cls, data, where: str):
