@@ -55,14 +55,22 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     write_retina_folder(tmp_path / "raw", n_per_class=4)
     assert main(["prepare", "--source", f"image_folder={tmp_path / 'raw'}", "--out", str(tmp_path / "prepared"),
                  "--size", "64", "--workers", "1", "--quiet"]) == 0
+    # as configs/h200.yaml: a trained autoencoder taken as it is, and a denoiser with a refiner
+    from fundusgen.model.autoencoder import FundusAutoencoder
+    ae = FundusAutoencoder(**TINY["autoencoder"]["model"])
+    ae.register_to_config(scaling_factor=0.5)
+    ae.save_pretrained(str(tmp_path / "trained_ae"), safe_serialization=True)
+    denoiser = {**TINY["denoiser"], "model": {**TINY["denoiser"]["model"], "refiner_channels": 8, "refiner_depth": 1}}
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY))
+    recipe.write_text(yaml.safe_dump({**TINY, "autoencoder": {**TINY["autoencoder"], "init": str(tmp_path / "trained_ae"),
+                                                             "steps": 0}, "denoiser": denoiser}))
     (tmp_path / "wheels").mkdir()
     carried = tmp_path / ".device"
     subprocess.run([sys.executable, str(KIT / "pack.py"), "--recipe", str(recipe), "--prepared", str(tmp_path / "prepared"),
                     "--vessels", "", "--out", str(carried), "--wheels-from", str(tmp_path / "wheels")],
                    cwd=ROOT, check=True, capture_output=True)
-    assert sorted(p.name for p in carried.iterdir()) == ["part1"]
+    assert sorted(p.name for p in carried.iterdir()) == ["part1"] and (carried / "part1" / "ae" / "config.json").is_file()
+    (tmp_path / "trained_ae").rename(tmp_path / "gone")  # the device has only what was carried
     env = {**os.environ, "FG": str(tmp_path / "fg"), "CARRIED": str(carried), "RECIPE": str(recipe),
            "PYTHON": sys.executable, "START_WAIT": "0", "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
     (tmp_path / "out").mkdir()
@@ -85,6 +93,10 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     pipe = FundusGen.from_pretrained(tmp_path / "back" / "model")
     assert pipe.config["text_encoder"] == "minilm" and pipe.config["resolution"] == 64
     assert pipe("right eye", steps=2).images[0].size == (64, 64)
+    assert pipe.autoencoder.config.scaling_factor == 0.5 and pipe.denoiser.config.refiner_channels == 8
+    trained = FundusAutoencoder.from_pretrained(str(tmp_path / "gone"))
+    back = pipe.autoencoder.state_dict()  # exported in float16: equal to that precision, not retrained
+    assert all(torch.allclose(v, back[k].float(), rtol=1e-3, atol=1e-4) for k, v in trained.state_dict().items())
     assert (tmp_path / "back" / "loss_history.json").is_file() and (tmp_path / "back" / "logs" / "train.log").is_file()
 
 

@@ -318,3 +318,11 @@ def test_the_purified_stages_train_only_on_what_purify_kept_and_captions_use_mea
     assert len(subset_indices(cache, StageConfig(subset="all"), 0.0)) == len(train)
     first_captions = [info["captions"][i] for i in cache["caption_ids"][info["keys"].index(first["key"])].tolist()]
     assert len(first_captions) == 4 and all("vessels" in c.lower() for c in first_captions)
+
+
+def test_a_bf16_denoiser_trains_after_the_fp32_autoencoder_in_one_process(prepared, tmp_path):
+    # on a GPU the autoencoder trains in fp32 and the denoiser in bf16, each with its own Accelerator
+    short = {**TINY["denoiser"], "stages": [{**TINY["denoiser"]["stages"][0], "steps": 3}]}
+    recipe = _recipe(tmp_path / "r.yaml", prepared, tmp_path / "run", mixed_precision="bf16", denoiser=short)
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 0
+    assert (tmp_path / "run" / "model" / "denoiser" / "config.json").is_file()

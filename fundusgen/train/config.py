@@ -52,6 +52,10 @@ class DenoiserModelConfig:
     refiner_channels: int = 0  # > 0: a convolutional refiner of this width after the transformer (dit.py)
     refiner_depth: int = 4
 
+    def __post_init__(self):
+        if self.refiner_channels < 0 or self.refiner_channels % 8:
+            raise ValueError(f"refiner_channels must be 0 or a multiple of 8 (its group norm), not {self.refiner_channels!r}")
+
 
 @dataclass
 class StageConfig:

