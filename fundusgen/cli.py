@@ -82,7 +82,7 @@ def cmd_generate(args) -> int:
     written = generate_to_folder(prompts, Path(args.out), model=args.model, num_images=args.n, seed=args.seed,
                                  attributes=attributes, anatomy_retries=args.anatomy_retries,
                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                                 resolution=args.resolution, aperture=args.aperture, progress=not args.quiet)
+                                 resolution=args.resolution, aperture=args.aperture, time_shift=args.time_shift, progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")
     if args.anatomy_retries:
         checks = [json.loads(p.with_suffix(".json").read_text())["anatomy"] for p in written]
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 25)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 4.0)")
     p.add_argument("--sampler", help="euler | heun | midpoint (default euler)")
+    p.add_argument("--time-shift", type=float, help="SD3 time shift of the sampling schedule: above 1 spends more "
+                   "steps at high noise, where the layout forms (default: the model's, 1.0)")
     p.add_argument("--resolution", type=int, help="output side in pixels (default: the model's)")
     p.add_argument("--aperture", choices=("circle", "none"),
                    help="circle: the round field of view of a preprocessed photograph, black outside "

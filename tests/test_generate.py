@@ -56,6 +56,26 @@ def test_generate_writes_pngs_sidecars_and_a_contact_sheet(model_dir, tmp_path, 
     assert str(out) in capsys.readouterr().out
 
 
+def test_a_sampling_time_shift_changes_the_draw_and_is_recorded(model_dir, tmp_path):
+    import torch
+    pipe = FundusGen.from_pretrained(model_dir)
+    torch.manual_seed(0)  # the tiny model's velocity is zero (adaLN-zero), the same on every schedule
+    for p in pipe.denoiser.parameters():
+        p.data.add_(0.2 * torch.randn_like(p))
+    pipe.save_pretrained(tmp_path / "perturbed")
+    default = pipe("left eye", seed=2)
+    same = pipe("left eye", seed=2, time_shift=1.0)
+    shifted = pipe("left eye", seed=2, time_shift=3.0)
+    assert default.metadata[0]["time_shift"] == 1.0 and shifted.metadata[0]["time_shift"] == 3.0
+    assert np.array_equal(np.asarray(default.images[0]), np.asarray(same.images[0]))
+    assert not np.array_equal(np.asarray(default.images[0]), np.asarray(shifted.images[0]))
+    out = tmp_path / "ts"
+    assert main(["generate", "left eye", "-n", "1", "--time-shift", "3", "--seed", "2", "-o", str(out),
+                 "--model", str(tmp_path / "perturbed"), "--quiet"]) == 0
+    assert json.loads((out / "000_seed2.json").read_text())["time_shift"] == 3.0
+    assert np.array_equal(np.asarray(Image.open(out / "000_seed2.png").convert("RGB")), np.asarray(shifted.images[0]))
+
+
 def test_attributes_become_a_caption(model_dir, tmp_path):
     out = tmp_path / "attrs"
     assert main(["generate", "--eye", "left", "--dr-grade", "2", "-n", "1", "-o", str(out), "--model",
@@ -83,6 +103,7 @@ def test_prompts_file_generates_for_every_line(model_dir, tmp_path):
     (["--eye", "centre"], "unknown eye"),
     (["x", "--steps", "0"], "steps"),
     (["x", "--sampler", "rk45"], "unknown sampler"),
+    (["x", "--time-shift", "0"], "time shift"),
     ([], "nothing to generate"),
 ])
 def test_bad_input_is_one_clear_line_without_traceback(model_dir, tmp_path, capsys, args, message):

@@ -100,7 +100,8 @@ class FundusGen:
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images: int = 1, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None, resolution: int | None = None,
-                 aperture: str | None = None, batch_size: int = 4, callback=None) -> GenerationResult:
+                 aperture: str | None = None, time_shift: float | None = None, batch_size: int = 4,
+                 callback=None) -> GenerationResult:
         """``num_images`` images per prompt. Image i of a call uses seed + i, so a given
         (prompt, seed) gives the same image whatever the batch or count."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -109,7 +110,10 @@ class FundusGen:
         sampler = sampler or self.config.get("sampler", "euler")
         resolution = resolution or self.config.get("resolution", 256)
         aperture = aperture or self.config.get("aperture", "none")
+        time_shift = self.config.get("time_shift", 1.0) if time_shift is None else time_shift
         self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture)
+        if not 0.1 <= time_shift <= 10.0:
+            raise FundusgenError(f"time shift must be 0.1-10 (got {time_shift})")
         jobs = [(p, seed + i) for p in prompts for i in range(num_images)]
         images, meta = [], []
         null_states, null_mask = self.text_encoder.encode([""])
@@ -118,17 +122,18 @@ class FundusGen:
             chunk = jobs[start:start + batch_size]
             states, mask = self.text_encoder.encode([p for p, _ in chunk])
             x = self._sample(states, mask, null_states, null_mask, [s for _, s in chunk], steps, guidance, sampler,
-                             resolution, aperture, callback=None if callback is None else
+                             resolution, aperture, time_shift, callback=None if callback is None else
                              (lambda i, n, base=done, k=len(chunk): callback(base + k * i / n, len(jobs))))
             done += len(chunk)
             for (p, s), img in zip(chunk, self._to_pil(x)):
                 images.append(img)
                 meta.append({"prompt": p, "seed": s, "steps": steps, "guidance": guidance, "sampler": sampler,
-                             "resolution": resolution, "aperture": aperture, "model": self.name})
+                             "resolution": resolution, "aperture": aperture, "time_shift": time_shift,
+                             "model": self.name})
         return GenerationResult(images, meta)
 
     def _sample(self, states, mask, null_states, null_mask, seeds, steps, guidance, sampler, resolution, aperture,
-                callback):
+                time_shift, callback):
         dev, dtype = self.device, next(self.denoiser.parameters()).dtype
         c = self.denoiser.config.in_channels
         side = resolution // self.autoencoder.downsampling_factor
@@ -156,7 +161,7 @@ class FundusGen:
         if aperture == "circle":
             surround, known, disk = self._aperture(resolution)
             v = known_region(v, x, surround.to(x), known)
-        x = SAMPLERS[sampler](v, x, schedule(steps, self.config.get("time_shift", 1.0)).to(dev), callback)
+        x = SAMPLERS[sampler](v, x, schedule(steps, time_shift).to(dev), callback)
         image = self.autoencoder.decode(self.autoencoder.denormalise(x).to(dtype)).float()
         if aperture == "circle":
             image = image * disk - (1 - disk)
