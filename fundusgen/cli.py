@@ -82,7 +82,8 @@ def cmd_generate(args) -> int:
     written = generate_to_folder(prompts, Path(args.out), model=args.model, num_images=args.n, seed=args.seed,
                                  attributes=attributes, anatomy_retries=args.anatomy_retries,
                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                                 resolution=args.resolution, aperture=args.aperture, time_shift=args.time_shift, progress=not args.quiet)
+                                 resolution=args.resolution, aperture=args.aperture, time_shift=args.time_shift,
+                                 progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")
     if args.anatomy_retries:
         checks = [json.loads(p.with_suffix(".json").read_text())["anatomy"] for p in written]
