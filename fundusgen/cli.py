@@ -120,8 +120,11 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from fundusgen.train.run import export_fp16
-    export_fp16(args.src, args.dst)
-    print(f"wrote {args.dst} (float16 weights)")
+    config = export_fp16(args.src, args.dst)
+    ckpt = config.get("checkpoint")
+    taken = (f"; denoiser: EMA of the checkpoint at stage {ckpt['stage']!r} step {ckpt['step']} of {ckpt['of']}"
+             if ckpt else "")
+    print(f"wrote {args.dst} (float16 weights{taken})")
     return 0
 
 

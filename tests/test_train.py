@@ -252,7 +252,7 @@ def test_datasets_excluded_by_the_recipe_never_reach_training(tmp_path):
         load_images(tmp_path / "p", "train", progress=False, exclude_datasets=["external", "image_folder"])
 
 
-def test_a_run_stopped_mid_training_exports_its_latest_ema_denoiser(prepared, tmp_path):
+def test_a_run_stopped_mid_training_exports_its_latest_ema_denoiser(prepared, tmp_path, capsys):
     """``fundusgen export RUN DST`` on a run whose denoiser has only a checkpoint: the autoencoder,
     the checkpoint's EMA weights, and the highest resolution trained so far."""
     import shutil
@@ -264,6 +264,8 @@ def test_a_run_stopped_mid_training_exports_its_latest_ema_denoiser(prepared, tm
     assert main(["export", str(run), str(tmp_path / "all")]) == 0
     exported = FundusGen.from_pretrained(tmp_path / "all")
     assert exported.config["resolution"] == 64
+    assert exported.config["checkpoint"] == {"stage": "highres", "stage_index": 2, "step": 4, "of": 4}
+    assert "stage 'highres' step 4 of 4" in capsys.readouterr().out
     for name, p in finished.denoiser.state_dict().items():
         assert torch.equal(p.half().float(), exported.denoiser.state_dict()[name]), name
     ckpt = run / "denoiser" / "checkpoint.pt"
@@ -272,6 +274,10 @@ def test_a_run_stopped_mid_training_exports_its_latest_ema_denoiser(prepared, tm
     assert main(["export", str(run), str(tmp_path / "low")]) == 0
     low = FundusGen.from_pretrained(tmp_path / "low")
     assert low.config["resolution"] == 32
+    assert low.config["checkpoint"] == {"stage": "pretrain", "stage_index": 0, "step": 40, "of": 40}
+    torch.save({**state, "stage": 2, "step": 3}, ckpt)  # cut three steps into the 64 px stage
+    assert main(["export", str(run), str(tmp_path / "cut")]) == 0
+    assert FundusGen.from_pretrained(tmp_path / "cut").config["checkpoint"]["step"] == 3
     assert low("left eye", steps=2).images[0].size == (32, 32)
     shutil.rmtree(run / "autoencoder" / "final")
     assert main(["export", str(run), str(tmp_path / "none")]) == 2

@@ -90,14 +90,21 @@ def model_from_run(run: str | Path) -> FundusGen:
     dit = DiT(in_channels=vae.config.latent_channels, text_dim=text_encoder.dim, **asdict(cfg.denoiser.model))
     for p, shadow in zip(dit.parameters(), state["ema"]["shadow_params"]):
         p.data.copy_(shadow)
-    return _assemble(run, cfg, vae, dit.eval(), text_encoder, max(s.resolution for s in trained))
+    pipe = _assemble(run, cfg, vae, dit.eval(), text_encoder, max(s.resolution for s in trained))
+    # which checkpoint this is, in the model folder: a run cut by a deadline cannot say it later
+    last = stages[stage] if step else stages[stage - 1]
+    pipe.config["checkpoint"] = {"stage": last.name, "stage_index": stage if step else stage - 1,
+                                 "step": step or last.steps, "of": last.steps}
+    return pipe
 
 
-def export_fp16(src: str | Path, dst: str | Path) -> None:
+def export_fp16(src: str | Path, dst: str | Path) -> dict:
     """Copy a model folder, or what a training run folder holds now (``model_from_run``), with its
-    weights in float16 (half the size; loads back as float32)."""
+    weights in float16 (half the size; loads back as float32). Returns the written model's config
+    (with ``checkpoint``, the stage and step, when it was taken from a run still training)."""
     src = Path(src)
     pipe = model_from_run(src) if (src / "recipe.json").is_file() else FundusGen.from_pretrained(src)
     pipe.autoencoder.half()
     pipe.denoiser.half()
     pipe.save_pretrained(dst)
+    return pipe.config
