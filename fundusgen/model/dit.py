@@ -116,12 +116,15 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+REFINER_GROUPS = 8  # group norm groups of the refiner: its width must be a multiple
+
+
 class RefinerBlock(nn.Module):
     """GroupNorm, FiLM on the conditioning vector (zero-initialised: the identity), SiLU, 3x3 conv; residual."""
 
     def __init__(self, width: int, cond_dim: int):
         super().__init__()
-        self.norm = nn.GroupNorm(8, width)
+        self.norm = nn.GroupNorm(REFINER_GROUPS, width)
         self.film = nn.Linear(cond_dim, 2 * width)
         self.conv = nn.Conv2d(width, width, 3, padding=1)
 
@@ -139,7 +142,7 @@ class ConvRefiner(nn.Module):
         super().__init__()
         self.inp = nn.Conv2d(2 * channels, width, 3, padding=1)
         self.blocks = nn.ModuleList(RefinerBlock(width, cond_dim) for _ in range(depth))
-        self.norm = nn.GroupNorm(8, width)
+        self.norm = nn.GroupNorm(REFINER_GROUPS, width)
         self.out = nn.Conv2d(width, channels, 3, padding=1)
 
     def forward(self, x, v, c):

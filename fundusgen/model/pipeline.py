@@ -80,7 +80,9 @@ class FundusGen:
         self.denoiser.save_pretrained(str(path / "denoiser"), safe_serialization=True)
         (path / MODEL_INDEX).write_text(json.dumps({"_class_name": "FundusGen", **self.config}, indent=2))
 
-    def _check(self, prompts, num_images, steps, guidance, resolution, sampler, aperture):
+    def _check(self, prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift):
+        if not 0.1 <= time_shift <= 10.0:
+            raise FundusgenError(f"time shift must be 0.1-10 (got {time_shift})")
         for p in prompts:
             self.text_encoder.check_prompt(p)
         if num_images < 1:
@@ -111,9 +113,7 @@ class FundusGen:
         resolution = resolution or self.config.get("resolution", 256)
         aperture = aperture or self.config.get("aperture", "none")
         time_shift = self.config.get("time_shift", 1.0) if time_shift is None else time_shift
-        self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture)
-        if not 0.1 <= time_shift <= 10.0:
-            raise FundusgenError(f"time shift must be 0.1-10 (got {time_shift})")
+        self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift)
         jobs = [(p, seed + i) for p in prompts for i in range(num_images)]
         images, meta = [], []
         null_states, null_mask = self.text_encoder.encode([""])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -47,6 +48,14 @@ def mixed_precision(cfg: RecipeConfig) -> str:
     return "bf16" if torch.cuda.is_available() else "no"
 
 
+def new_accelerator(**kwargs) -> Accelerator:
+    """An Accelerator with this trainer's own precision. accelerate fixes the precision per process
+    at the first Accelerator, and one ``fundusgen train`` runs the autoencoder in fp32 and then the
+    denoiser in bf16 on a GPU: the state is reset first (the distributed state is kept)."""
+    AcceleratorState._reset_state()
+    return Accelerator(**kwargs)
+
+
 def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     """Returns the folder of the trained autoencoder (a diffusers model folder)."""
     tc = cfg.autoencoder
@@ -54,7 +63,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     final = out / "final"
     if (final / "config.json").exists():
         return final
-    acc = Accelerator(mixed_precision="no")
+    acc = new_accelerator(mixed_precision="no")
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

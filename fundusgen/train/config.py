@@ -15,6 +15,7 @@ import yaml
 
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import AutoencoderLossWeights
+from fundusgen.model.dit import REFINER_GROUPS
 from fundusgen.model.pipeline import APERTURES
 
 
@@ -53,8 +54,9 @@ class DenoiserModelConfig:
     refiner_depth: int = 4
 
     def __post_init__(self):
-        if self.refiner_channels < 0 or self.refiner_channels % 8:
-            raise ValueError(f"refiner_channels must be 0 or a multiple of 8 (its group norm), not {self.refiner_channels!r}")
+        if self.refiner_channels < 0 or self.refiner_channels % REFINER_GROUPS:
+            raise ValueError(f"refiner_channels must be 0 or a multiple of {REFINER_GROUPS} (its group norm), "
+                             f"not {self.refiner_channels!r}")
 
 
 @dataclass

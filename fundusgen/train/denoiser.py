@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from diffusers.training_utils import EMAModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from fundusgen.errors import FundusgenError
 from fundusgen.model.dit import DiT
 from fundusgen.model.flow import RectifiedFlowLoss
-from fundusgen.train.autoencoder import mixed_precision
+from fundusgen.train.autoencoder import mixed_precision, new_accelerator
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, stages_behind, step_generator
 from fundusgen.train.config import RecipeConfig, StageConfig
 
@@ -79,10 +78,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     for stage in dc.stages:
         if f"latents_{stage.resolution}" not in cache:
             raise FundusgenError(f"stage {stage.name!r}: no cached latents at {stage.resolution} px")
-    # the autoencoder's fp32 Accelerator fixed this process's precision; the denoiser sets its own
-    # (the distributed state is kept)
-    AcceleratorState._reset_state()
-    acc = Accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=dc.grad_accumulation)
+    acc = new_accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=dc.grad_accumulation)
     if any(s.train == "refiner" for s in dc.stages):
         if not dc.model.refiner_channels:
             raise FundusgenError("a stage trains the refiner ('train: refiner') but the denoiser has none: "

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from accelerate import Accelerator
 from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from fundusgen.errors import FundusgenError
 from fundusgen.model.flow import sample_t, shift_t
-from fundusgen.train.autoencoder import mixed_precision
+from fundusgen.train.autoencoder import mixed_precision, new_accelerator
 from fundusgen.train.cache import caption_sources, captions_for, load_cache, save_cache
 from fundusgen.train.checkpoint import load_checkpoint
 from fundusgen.train.config import RecipeConfig
@@ -208,7 +207,7 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
                                  f"which this pipeline needs")
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps(asdict(cfg), indent=2))
-    acc = Accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=dc.grad_accumulation)
+    acc = new_accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=dc.grad_accumulation)
     pipe.to(acc.device)
     with acc.main_process_first():  # one process writes the cache, the others read it
         cache_path = build_pipeline_cache(cfg.data, out, pipe, family, sorted({s.resolution for s in dc.stages}),

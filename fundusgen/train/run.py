@@ -92,9 +92,9 @@ def model_from_run(run: str | Path) -> FundusGen:
         p.data.copy_(shadow)
     pipe = _assemble(run, cfg, vae, dit.eval(), text_encoder, max(s.resolution for s in trained))
     # which checkpoint this is, in the model folder: a run cut by a deadline cannot say it later
-    last = stages[stage] if step else stages[stage - 1]
-    pipe.config["checkpoint"] = {"stage": last.name, "stage_index": stage if step else stage - 1,
-                                 "step": step or last.steps, "of": last.steps}
+    last = trained[-1]
+    pipe.config["checkpoint"] = {"stage": last.name, "stage_index": len(trained) - 1, "step": step or last.steps,
+                                 "of": last.steps}
     return pipe
 
 
