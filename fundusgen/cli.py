@@ -83,6 +83,8 @@ def cmd_generate(args) -> int:
                                  attributes=attributes, anatomy_retries=args.anatomy_retries,
                                  steps=args.steps, guidance=args.guidance, sampler=args.sampler,
                                  resolution=args.resolution, aperture=args.aperture, time_shift=args.time_shift,
+                                 negative_prompt=args.negative_prompt, contrast=args.contrast,
+                                 guidance_interval=None if args.guidance_interval is None else list(args.guidance_interval),
                                  progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")
     if args.anatomy_retries:
@@ -161,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped default model)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 25)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 4.0)")
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="what guidance steers away from, in place of the empty caption (e.g. \"cataract, hazy media\")")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="apply guidance only at times LOW < t <= HIGH (t = 1 is noise; default: the model's, 0 1)")
     p.add_argument("--sampler", help="euler | heun | midpoint (default euler)")
     p.add_argument("--time-shift", type=float, help="SD3 time shift of the sampling schedule: above 1 spends more "
                    "steps at high noise, where the layout forms (default: the model's, 1.0)")
@@ -184,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cataract", help="none | mild | moderate | severe")
     g.add_argument("--cdr", type=float, help="vertical cup-to-disc ratio, 0-1")
     g.add_argument("--quality", help="good | usable")
+    g.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=True,
+                   help="guide away from the reversed findings (DR -> no DR, a large cup -> a small one ...) "
+                        "instead of the empty caption; the eye is left out of the contrast (default on; "
+                        "--negative-prompt replaces it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 

@@ -82,8 +82,12 @@ def _same_draw(anatomy: dict | None, retries: int) -> bool:
 
 def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: int = 4, seed: int = 0,
                        progress: bool = True, attributes: list[dict] | None = None, anatomy_retries: int = 0,
+                       negative_prompts: list[str] | None = None, contrast: bool = True,
                        **settings) -> list[Path]:
     """Images for every prompt, ``num_images`` each (image i of a prompt uses seed + i).
+    ``negative_prompts``: one per prompt (else ``settings["negative_prompt"]``, or none, for all).
+    ``contrast``: prompts written from ``attributes`` and given no negative prompt get the caption
+    of their reversed findings as one (``fundusgen.caption.template.contrast_caption``).
 
     ``attributes``, one dict per prompt when the prompts were written from attributes (eye, DR
     grade, CDR ...), go into each sidecar under ``"attributes"``: evaluation reads what an image
@@ -95,6 +99,11 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
         raise FundusgenError(f"--anatomy-retries {anatomy_retries}: expected 0 (no check) or more")
     if attributes is not None and len(attributes) != len(prompts):
         raise ValueError(f"{len(attributes)} attribute sets for {len(prompts)} prompts")
+    if negative_prompts is not None and len(negative_prompts) != len(prompts):
+        raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+    if contrast and attributes is not None and negative_prompts is None and settings.get("negative_prompt") is None:
+        from fundusgen.caption.template import contrast_caption
+        negative_prompts = [contrast_caption(a) for a in attributes]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -107,7 +116,8 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
         for i in range(num_images):
             stem = f"{p_i:03d}_{i:03d}_seed{seed + i}" if len(prompts) > 1 else f"{i:03d}_seed{seed + i}"
             png, sidecar = out / f"{stem}.png", out / f"{stem}.json"
-            expected = {"prompt": prompt, "seed": seed + i, **settings}
+            these = settings if negative_prompts is None else {**settings, "negative_prompt": negative_prompts[p_i]}
+            expected = {"prompt": prompt, "seed": seed + i, **these}
             if attributes is not None:
                 expected["attributes"] = attributes[p_i]
             if png.exists() and sidecar.exists():
@@ -117,7 +127,7 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
                     written.append(png)
                     bar.update(1)
                     continue
-            image, meta = sample_checked(pipe, prompt, seed + i, anatomy_retries, **settings)
+            image, meta = sample_checked(pipe, prompt, seed + i, anatomy_retries, **these)
             atomic_write_bytes(png, _png(image))
             meta = {**meta, "file": png.name}
             if attributes is not None:

@@ -1,6 +1,6 @@
 import pytest
 
-from fundusgen.caption.template import attributes_from_options, describe
+from fundusgen.caption.template import attributes_from_options, contrast_attributes, contrast_caption, describe
 from fundusgen.errors import FundusgenError
 
 
@@ -38,3 +38,29 @@ def test_attributes_are_validated_against_the_vocabulary():
         attributes_from_options(cataract="extreme")
     with pytest.raises(FundusgenError, match="cup-to-disc"):
         attributes_from_options(cdr=1.4)
+
+
+@pytest.mark.parametrize("asked,contrast", [
+    ({"eye": "left", "dr_grade": 2}, {"dr_grade": 0}),
+    ({"eye": "right", "dr_grade": 0}, {"dr_grade": 3}),
+    ({"dr_stage": "none"}, {"dr_grade": 3}),
+    ({"dr": True}, {"dr_grade": 0}),
+    ({"eye": "left", "cdr": 0.8}, {"cdr": 0.3}),
+    ({"cdr": 0.3}, {"cdr": 0.8}),
+    ({"glaucoma": True}, {"cdr": 0.3}),
+    ({"glaucoma": False, "dr_grade": 0, "cataract_severity": "none"},
+     {"glaucoma": True, "dr_grade": 3, "cataract_severity": "severe"}),
+    ({"cataract_severity": "severe", "eye": "left"}, {}),  # captions never state a clear lens: nothing to contrast
+    ({"dme": False, "amd": True}, {"dme": True}),
+    ({"eye": "left", "quality_grade": "good"}, {}),
+])
+def test_contrast_reverses_the_findings_and_leaves_out_the_eye_and_quality(asked, contrast):
+    assert contrast_attributes(asked) == contrast
+
+
+def test_a_contrast_caption_names_the_reversed_findings_and_no_eye():
+    negative = contrast_caption({"eye": "left", "dr_grade": 3}).lower()
+    assert "no diabetic retinopathy" in negative or "no signs of diabetic retinopathy" in negative
+    assert "left" not in negative and "right" not in negative
+    assert "0.3" in contrast_caption({"eye": "right", "cdr": 0.8})
+    assert contrast_caption({"eye": "left"}) == ""  # plain classifier-free guidance

@@ -84,6 +84,20 @@ def test_guidance_extrapolates_from_unconditional_to_conditional_on_every_channe
     assert torch.allclose(v, torch.full_like(v, 1.0 + 4.0 * 1.0))
 
 
+def test_guidance_in_an_interval_guides_only_inside_it_and_uses_the_conditional_velocity_elsewhere():
+    vc, vu = torch.full((1, 4, 2, 2), 2.0), torch.full((1, 4, 2, 2), 1.0)
+    calls = []
+
+    def conditional(x, t):
+        calls.append(float(t[0]))
+        return vc
+    v = guided(lambda x, t: (vc, vu), 4.0, (0.25, 0.75), conditional)
+    assert torch.allclose(v(None, torch.tensor([0.5])), torch.full_like(vc, 5.0))
+    assert torch.allclose(v(None, torch.tensor([0.75])), torch.full_like(vc, 5.0))  # (low, high]
+    assert torch.allclose(v(None, torch.tensor([0.875])), vc) and torch.allclose(v(None, torch.tensor([0.25])), vc)
+    assert calls == [0.875, 0.25]  # outside the interval: one conditional pass, no unconditional one
+
+
 @pytest.mark.parametrize("sampler", [sample_euler, sample_heun, sample_midpoint])
 def test_known_region_ends_on_the_known_data_and_leaves_the_rest_to_the_network(sampler):
     g = torch.Generator().manual_seed(1)

@@ -76,6 +76,62 @@ def test_a_sampling_time_shift_changes_the_draw_and_is_recorded(model_dir, tmp_p
     assert np.array_equal(np.asarray(Image.open(out / "000_seed2.png").convert("RGB")), np.asarray(shifted.images[0]))
 
 
+@pytest.fixture(scope="module")
+def live_model(model_dir, tmp_path_factory):
+    """The tiny model with its adaLN-zero weights perturbed, so that the caption changes the velocity."""
+    import torch
+    pipe = FundusGen.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    for p in pipe.denoiser.parameters():
+        p.data.add_(0.2 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("models") / "live"
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_a_negative_prompt_replaces_the_empty_caption_and_is_recorded(live_model, tmp_path):
+    pipe = FundusGen.from_pretrained(live_model)
+    plain = pipe("left eye", seed=2)
+    empty = pipe("left eye", seed=2, negative_prompt="")
+    away = pipe("left eye", seed=2, negative_prompt="dense cataract, hazy media")
+    assert plain.metadata[0]["negative_prompt"] == "" and away.metadata[0]["negative_prompt"].startswith("dense")
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(empty.images[0]))
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(away.images[0]))
+    # one per prompt, batched: each image is the one its own prompt and negative give alone (up to one grey
+    # level: captions of other lengths in a batch pad the text differently, and float sums round differently)
+    both = pipe(["left eye", "right eye"], seed=2, negative_prompt=["dense cataract, hazy media", ""])
+    alone = [away.images[0], pipe("right eye", seed=2).images[0]]
+    for batched, single in zip(both.images, alone):
+        assert np.abs(np.asarray(batched).astype(int) - np.asarray(single).astype(int)).max() <= 1
+    with pytest.raises(FundusgenError, match="2 negative prompts for 1 prompts"):
+        pipe("left eye", negative_prompt=["a", "b"])
+    out = tmp_path / "neg"
+    assert main(["generate", "left eye", "-n", "1", "--seed", "2", "--negative-prompt", "dense cataract, hazy media",
+                 "-o", str(out), "--model", str(live_model), "--quiet"]) == 0
+    assert json.loads((out / "000_seed2.json").read_text())["negative_prompt"] == "dense cataract, hazy media"
+    assert np.array_equal(np.asarray(Image.open(out / "000_seed2.png").convert("RGB")), np.asarray(away.images[0]))
+
+
+def test_a_guidance_interval_changes_the_draw_and_is_recorded_and_resumes(live_model, tmp_path):
+    pipe = FundusGen.from_pretrained(live_model)
+    full = pipe("left eye", seed=2)
+    also_full = pipe("left eye", seed=2, guidance_interval=(0.0, 1.0))
+    inside = pipe("left eye", seed=2, guidance_interval=(0.2, 0.8))
+    unguided = pipe("left eye", seed=2, guidance=1.0)
+    none = pipe("left eye", seed=2, guidance_interval=(0.0, 0.01))  # no sampled time lies in (0, 0.01]: no guidance
+    assert full.metadata[0]["guidance_interval"] == [0.0, 1.0] and inside.metadata[0]["guidance_interval"] == [0.2, 0.8]
+    assert np.array_equal(np.asarray(full.images[0]), np.asarray(also_full.images[0]))
+    assert not np.array_equal(np.asarray(full.images[0]), np.asarray(inside.images[0]))
+    assert np.array_equal(np.asarray(none.images[0]), np.asarray(unguided.images[0]))
+    out = tmp_path / "gi"
+    args = ["generate", "left eye", "-n", "1", "--seed", "2", "--guidance-interval", "0.2", "0.8", "-o", str(out),
+            "--model", str(live_model), "--quiet"]
+    assert main(args) == 0
+    assert np.array_equal(np.asarray(Image.open(out / "000_seed2.png").convert("RGB")), np.asarray(inside.images[0]))
+    stamp = (out / "000_seed2.png").stat().st_mtime_ns
+    assert main(args) == 0 and (out / "000_seed2.png").stat().st_mtime_ns == stamp  # a re-run keeps the image
+
+
 def test_attributes_become_a_caption(model_dir, tmp_path):
     out = tmp_path / "attrs"
     assert main(["generate", "--eye", "left", "--dr-grade", "2", "-n", "1", "-o", str(out), "--model",
@@ -84,6 +140,24 @@ def test_attributes_become_a_caption(model_dir, tmp_path):
     prompt = sidecar["prompt"].lower()
     assert "left" in prompt and ("moderate" in prompt)
     assert sidecar["attributes"] == {"eye": "left", "dr_grade": 2}  # the image's labels, for downstream training
+
+
+def test_attribute_prompts_are_guided_away_from_their_reversed_findings_unless_told_otherwise(live_model, tmp_path):
+    from fundusgen.caption.template import contrast_caption
+    run = lambda name, *extra: main(["generate", "--eye", "left", "--dr-grade", "3", "-n", "1", "-o",
+                                     str(tmp_path / name), "--model", str(live_model), "--quiet", *extra])
+    side = lambda name: json.loads((tmp_path / name / "000_seed0.json").read_text())
+    pixels = lambda name: np.asarray(Image.open(tmp_path / name / "000_seed0.png").convert("RGB"))
+    assert run("contrast") == 0 and run("plain", "--no-contrast") == 0
+    assert run("own", "--negative-prompt", "hazy media") == 0
+    assert side("contrast")["negative_prompt"] == contrast_caption({"eye": "left", "dr_grade": 3})
+    assert "diabetic retinopathy" in side("contrast")["negative_prompt"]
+    assert side("plain")["negative_prompt"] == "" and side("own")["negative_prompt"] == "hazy media"
+    assert not np.array_equal(pixels("contrast"), pixels("plain"))
+    # the same image from the Python API, given the same negative prompt
+    api = FundusGen.from_pretrained(live_model)(side("contrast")["prompt"], seed=0,
+                                                negative_prompt=side("contrast")["negative_prompt"])
+    assert np.array_equal(pixels("contrast"), np.asarray(api.images[0]))
 
 
 def test_prompts_file_generates_for_every_line(model_dir, tmp_path):
@@ -104,6 +178,8 @@ def test_prompts_file_generates_for_every_line(model_dir, tmp_path):
     (["x", "--steps", "0"], "steps"),
     (["x", "--sampler", "rk45"], "unknown sampler"),
     (["x", "--time-shift", "0"], "time shift"),
+    (["x", "--guidance-interval", "0.8", "0.2"], "guidance interval"),
+    (["x", "--negative-prompt", "b" * 10000], "10000 characters"),
     ([], "nothing to generate"),
 ])
 def test_bad_input_is_one_clear_line_without_traceback(model_dir, tmp_path, capsys, args, message):

@@ -151,6 +151,44 @@ def attributes_from_options(**options) -> dict[str, Any]:
     return a
 
 
+def contrast_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """The findings a prompt written from ``attributes`` is steered away from (contrastive guidance):
+    each finding reversed, where the reversal is something ``describe`` states; no eye and no image
+    quality, so that guidance still pushes towards the eye asked for. Empty: nothing to contrast.
+
+    DR of any grade is contrasted with no DR, and no DR with severe NPDR (the grade whose captions
+    name the most lesions); glaucoma with a small cup (CDR 0.3), a cup-to-disc ratio with the other
+    end of the scale; no cataract with a severe one, and an absent flag (DME, AMD, ...) with its
+    presence. A present cataract or flag has no contrast: captions never state their absence."""
+    a = {k: v for k, v in attributes.items() if v is not None}
+    c: dict[str, Any] = {}
+    if "dr_grade" in a:
+        c["dr_grade"] = int(DRGrade.NONE if int(a["dr_grade"]) else DRGrade.SEVERE_NPDR)
+    elif "dr_stage" in a:
+        c["dr_grade"] = int(DRGrade.SEVERE_NPDR if DRStage(a["dr_stage"]) == DRStage.NONE else DRGrade.NONE)
+    elif "dr" in a:
+        c["dr_grade"] = int(DRGrade.NONE if a["dr"] else DRGrade.SEVERE_NPDR)
+    if "cdr" in a:
+        c["cdr"] = 0.3 if float(a["cdr"]) >= 0.5 else 0.8
+    if a.get("glaucoma") is True and "cdr" not in a:
+        c["cdr"] = 0.3
+    elif a.get("glaucoma") is False:
+        c["glaucoma"] = True
+    if a.get("cataract_severity") == CataractSeverity.NONE.value or a.get("cataract") is False:
+        c["cataract_severity"] = CataractSeverity.SEVERE.value
+    for flag in ("dme", "amd", "myopia", "hypertension"):
+        if a.get(flag) is False:
+            c[flag] = True
+    return c
+
+
+def contrast_caption(attributes: dict[str, Any], seed: int = 0) -> str:
+    """The negative prompt of a prompt written from ``attributes``: ``describe`` of its contrast, or
+    "" (plain classifier-free guidance) when there is nothing to contrast."""
+    c = contrast_attributes(attributes)
+    return describe(c, seed=seed) if c else ""
+
+
 # --- sentences from measurements -------------------------------------------------------------
 
 # the measured eye is stated from this confidence: right for 98.2% of the 82% of Mexican-set photos

@@ -366,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--per-cell", type=int, default=2, help="images per prompt cell (default 2; 18 cells)")
     g.add_argument("--model", help="model folder (default: the shipped model)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=True,
+                   help="guide away from each cell's reversed findings, as `fundusgen generate` does for "
+                        "attribute prompts (default on; --no-contrast: plain classifier-free guidance)")
+    g.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     e = sub.add_parser("score", help="measure generated images against their requested attributes")
     e.add_argument("synthetic")
     e.add_argument("--real", help="a prepared folder whose held-out labels give the ceiling")
@@ -376,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             written = generate_prompt_set(Path(args.out), per_cell=args.per_cell, model=args.model, seed=args.seed,
-                                          progress=not args.quiet)
+                                          progress=not args.quiet, contrast=args.contrast, guidance=args.guidance)
             print(f"wrote {len(written)} images with their attributes to {args.out}")
             return 0
         result = evaluate_faithfulness(Path(args.synthetic), Path(args.real) if args.real else None,

@@ -53,10 +53,19 @@ def schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
 
 
 def guided(velocity_pair: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-           scale: float) -> Velocity:
+           scale: float, interval: tuple[float, float] = (0.0, 1.0),
+           conditional: Velocity | None = None) -> Velocity:
     """Classifier-free guidance (Ho & Salimans 2022) on every latent channel:
-    v = v_u + s (v_c - v_u), with ``velocity_pair(x, t) -> (v_c, v_u)`` (one batched pass)."""
+    v = v_u + s (v_c - v_u), with ``velocity_pair(x, t) -> (v_c, v_u)`` (one batched pass).
+
+    Guidance in an interval (Kynkaanniemi et al. 2024): only at times low < t <= high; elsewhere
+    v = v_c, from ``conditional(x, t)`` (one unbatched pass) when given."""
+    low, high = interval
+    always = low <= 0.0 and high >= 1.0
+
     def v(x, t):
+        if not always and not low < float(t[0]) <= high:
+            return conditional(x, t) if conditional is not None else velocity_pair(x, t)[0]
         vc, vu = velocity_pair(x, t)
         return vu + scale * (vc - vu)
     return v

@@ -80,11 +80,18 @@ class FundusGen:
         self.denoiser.save_pretrained(str(path / "denoiser"), safe_serialization=True)
         (path / MODEL_INDEX).write_text(json.dumps({"_class_name": "FundusGen", **self.config}, indent=2))
 
-    def _check(self, prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift):
+    def _check(self, prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift,
+               negatives=(), interval=(0.0, 1.0)):
         if not 0.1 <= time_shift <= 10.0:
             raise FundusgenError(f"time shift must be 0.1-10 (got {time_shift})")
+        lo, hi = interval
+        if not 0.0 <= lo < hi <= 1.0:
+            raise FundusgenError(f"guidance interval must be two times 0 <= low < high <= 1 (got {lo}, {hi})")
         for p in prompts:
             self.text_encoder.check_prompt(p)
+        for p in negatives:
+            if p:  # an empty negative prompt is the unconditional caption
+                self.text_encoder.check_prompt(p)
         if num_images < 1:
             raise FundusgenError(f"number of images must be at least 1 (got {num_images})")
         if not 1 <= steps <= 1000:
@@ -102,38 +109,52 @@ class FundusGen:
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images: int = 1, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None, resolution: int | None = None,
-                 aperture: str | None = None, time_shift: float | None = None, batch_size: int = 4,
+                 aperture: str | None = None, time_shift: float | None = None,
+                 negative_prompt: str | list[str] | None = None,
+                 guidance_interval: tuple[float, float] | None = None, batch_size: int = 4,
                  callback=None) -> GenerationResult:
         """``num_images`` images per prompt. Image i of a call uses seed + i, so a given
-        (prompt, seed) gives the same image whatever the batch or count."""
+        (prompt, seed) gives the same image whatever the batch or count.
+
+        ``negative_prompt`` (one, or one per prompt) replaces the empty caption of the guidance's
+        unconditional branch, so guidance pushes away from it (``""``: plain classifier-free
+        guidance). ``guidance_interval`` (low, high) applies guidance only at times low < t <= high
+        (t = 1 is noise) and the conditional velocity alone elsewhere (Kynkaanniemi et al. 2024)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = ([negative_prompt or ""] * len(prompts) if negative_prompt is None or isinstance(negative_prompt, str)
+                     else list(negative_prompt))
+        if len(negatives) != len(prompts):
+            raise FundusgenError(f"{len(negatives)} negative prompts for {len(prompts)} prompts (give one, or one each)")
+        interval = tuple(self.config.get("guidance_interval", (0.0, 1.0)) if guidance_interval is None
+                         else guidance_interval)
         steps = self.config.get("steps", 25) if steps is None else steps
         guidance = self.config.get("guidance", 4.0) if guidance is None else guidance
         sampler = sampler or self.config.get("sampler", "euler")
         resolution = resolution or self.config.get("resolution", 256)
         aperture = aperture or self.config.get("aperture", "none")
         time_shift = self.config.get("time_shift", 1.0) if time_shift is None else time_shift
-        self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift)
-        jobs = [(p, seed + i) for p in prompts for i in range(num_images)]
+        self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift, negatives,
+                    interval)
+        jobs = [(p, n, seed + i) for p, n in zip(prompts, negatives) for i in range(num_images)]
         images, meta = [], []
-        null_states, null_mask = self.text_encoder.encode([""])
         done = 0
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
-            states, mask = self.text_encoder.encode([p for p, _ in chunk])
-            x = self._sample(states, mask, null_states, null_mask, [s for _, s in chunk], steps, guidance, sampler,
-                             resolution, aperture, time_shift, callback=None if callback is None else
-                             (lambda i, n, base=done, k=len(chunk): callback(base + k * i / n, len(jobs))))
+            states, mask = self.text_encoder.encode([p for p, _, _ in chunk])
+            null_states, null_mask = self.text_encoder.encode([n for _, n, _ in chunk])
+            x = self._sample(states, mask, null_states, null_mask, [s for _, _, s in chunk], steps, guidance,
+                             sampler, resolution, aperture, time_shift, interval, callback=None if callback is None
+                             else (lambda i, n, base=done, k=len(chunk): callback(base + k * i / n, len(jobs))))
             done += len(chunk)
-            for (p, s), img in zip(chunk, self._to_pil(x)):
+            for (p, n, s), img in zip(chunk, self._to_pil(x)):
                 images.append(img)
                 meta.append({"prompt": p, "seed": s, "steps": steps, "guidance": guidance, "sampler": sampler,
                              "resolution": resolution, "aperture": aperture, "time_shift": time_shift,
-                             "model": self.name})
+                             "negative_prompt": n, "guidance_interval": list(interval), "model": self.name})
         return GenerationResult(images, meta)
 
     def _sample(self, states, mask, null_states, null_mask, seeds, steps, guidance, sampler, resolution, aperture,
-                time_shift, callback):
+                time_shift, interval, callback):
         dev, dtype = self.device, next(self.denoiser.parameters()).dtype
         c = self.denoiser.config.in_channels
         side = resolution // self.autoencoder.downsampling_factor
@@ -148,16 +169,15 @@ class FundusGen:
         text = torch.cat([cond, unc]).to(dev, dtype)
         text_mask = torch.cat([cond_mask, unc_mask]).to(dev)
 
+        def conditional(x, t):
+            return self.denoiser(x, t, text[:b], text_mask[:b])
+
         def velocity_pair(x, t):
             # one batched pass for conditional and unconditional velocities
             v = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), text, text_mask)
             return v[:b], v[b:]
 
-        if guidance == 1.0:
-            def v(x, t):
-                return self.denoiser(x, t, text[:b], text_mask[:b])
-        else:
-            v = guided(velocity_pair, guidance)
+        v = conditional if guidance == 1.0 else guided(velocity_pair, guidance, interval, conditional)
         if aperture == "circle":
             surround, known, disk = self._aperture(resolution)
             v = known_region(v, x, surround.to(x), known)
