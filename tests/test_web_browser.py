@@ -112,6 +112,7 @@ def test_studio_generates_an_image_with_the_tiny_model(tmp_path, tiny_model, pag
         page.wait_for_function("() => document.getElementById('prompt').value.length > 0")
         caption = page.input_value("#prompt")
         assert "left eye" in caption.lower() and caption.endswith("Hard exudates temporal to the fovea.")
+        assert "diabetic retinopathy" in page.input_value("#negative_prompt").lower()  # the attributes' contrast
         page.fill("#prompt", caption + " Bright, sharp vessels.")  # the composed caption stays editable
         page.fill("input[name=seed]", "11")
         page.fill("input[name=count]", "2")
@@ -126,6 +127,6 @@ def test_studio_generates_an_image_with_the_tiny_model(tmp_path, tiny_model, pag
         with page.expect_download() as meta:
             page.click(".job.done figure >> nth=1 >> text=metadata")
         meta_text = Path(meta.value.path()).read_text()
-        assert '"seed": 12' in meta_text and "Bright, sharp vessels." in meta_text
+        assert '"seed": 12' in meta_text and "Bright, sharp vessels." in meta_text and '"negative_prompt": "' in meta_text
         assert pixels(Path(png.value.path()).read_bytes()).shape == (64, 64, 3)
         assert not page.is_visible("#form-error")

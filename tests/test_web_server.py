@@ -61,16 +61,21 @@ def test_studio_generates_and_serves_images_with_metadata(tmp_path, tiny_model):
     with TestClient(create_app(tmp_path / "web", tiny_model)) as client:
         assert wait_model(client) == {"status": "ready", "message": "model tiny", "steps": 2, "guidance": 2.0,
                                       "resolution": 64}
-        caption = client.post("/api/caption", json={"eye": "left", "dr_grade": "2", "dme": "yes", "cdr": "0.6",
-                                                    "lesions": [{"lesion": "hard exudates", "region": "temporal to the fovea"},
-                                                                {"lesion": "microaneurysms", "region": ""}]}).json()["caption"]
+        composed = client.post("/api/caption", json={"eye": "left", "dr_grade": "2", "dme": "yes", "cdr": "0.6",
+                                                     "lesions": [{"lesion": "hard exudates", "region": "temporal to the fovea"},
+                                                                 {"lesion": "microaneurysms", "region": ""}]}).json()
+        caption, negative = composed["caption"], composed["negative_prompt"]
         assert "left eye" in caption.lower() and ("ICDR grade 2" in caption or "moderate" in caption.lower())
         assert caption.endswith("Hard exudates temporal to the fovea; microaneurysms.") and "0.6" in caption
-        job = client.post("/api/jobs", json={"prompt": caption, "count": 2, "seed": 5, "steps": 3, "guidance": 1.5})
+        # the contrast `fundusgen generate` uses for attribute prompts: no DR, a small cup, no eye
+        assert "no" in negative.lower() and "0.3" in negative and "left" not in negative.lower()
+        job = client.post("/api/jobs", json={"prompt": caption, "count": 2, "seed": 5, "steps": 3, "guidance": 1.5,
+                                             "negative_prompt": negative})
         assert job.status_code == 202
         job = wait_for(client.get, job.json()["id"])
         assert job["status"] == "done" and job["progress"] == 1.0 and len(job["images"]) == 2
-        expected = FundusGen.from_pretrained(tiny_model)(caption, num_images=2, seed=5, steps=3, guidance=1.5)
+        expected = FundusGen.from_pretrained(tiny_model)(caption, num_images=2, seed=5, steps=3, guidance=1.5,
+                                                         negative_prompt=negative)
         for i, links in enumerate(job["images"]):
             png = client.get(links["png"])
             assert png.headers["content-type"] == "image/png" and f"fundusgen-{job['id']}-{i}.png" in png.headers["content-disposition"]
@@ -102,7 +107,9 @@ def test_studio_checks_anatomy_and_draws_again_when_asked(tmp_path, tiny_model):
     ({"prompt": ""}, "empty prompt"), ({"prompt": "x" * 4001}, "4001 characters"), ({"prompt": "a", "count": 9}, "count must be 1-8"),
     ({"prompt": "a", "count": 0}, "count must be 1-8"), ({"prompt": "a", "steps": 201}, "steps must be 1-200"),
     ({"prompt": "a", "guidance": "x"}, "guidance must be a number"), ({"prompt": "a", "seed": -1}, "seed must be"),
-    ({"prompt": ["a"]}, "empty prompt"), ([1, 2], "JSON object")])
+    ({"prompt": ["a"]}, "empty prompt"), ([1, 2], "JSON object"),
+    ({"prompt": "a", "negative_prompt": "n" * 4001}, "negative prompt of 4001 characters"),
+    ({"prompt": "a", "negative_prompt": ["x"]}, "negative prompt must be text")])
 def test_studio_refuses_bad_requests(tmp_path, tiny_model, body, message):
     with TestClient(create_app(tmp_path / "web", tiny_model)) as client:
         r = client.post("/api/jobs", json=body)

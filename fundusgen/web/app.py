@@ -23,7 +23,7 @@ from fundusgen.web import study as studies
 from fundusgen.web.stats import REAL, STRUCTURES, SYNTHETIC
 from fundusgen.web.store import Store
 from fundusgen.web.studio import (MAX_IMAGES, MAX_PROMPT_CHARS, MAX_RETRIES, MAX_STEPS, GenerationQueue, GenerationRequest,
-                                  compose_caption)
+                                  compose_caption, compose_negative)
 
 HERE = Path(__file__).parent
 DATABASE = "fundusgen.sqlite"
@@ -103,7 +103,8 @@ def create_app(data_dir: str | Path, model_path: str | Path | None = None) -> Fa
 
     @app.post("/api/caption")
     async def caption(request: Request):
-        return {"caption": compose_caption(await _json(request))}
+        form = await _json(request)
+        return {"caption": compose_caption(form), "negative_prompt": compose_negative(form)}
 
     @app.post("/api/jobs", status_code=202)
     async def submit(request: Request):

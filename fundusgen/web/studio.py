@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from fundusgen.caption.template import attributes_from_options, describe
+from fundusgen.caption.template import attributes_from_options, contrast_caption, describe
 from fundusgen.errors import FundusgenError
 from fundusgen.vocab import Lesion, Region
 from fundusgen.web.store import Store, now
@@ -47,14 +47,24 @@ def _yes_no(value: Any) -> bool | None:
     raise FundusgenError(f"expected yes or no (got {value!r})")
 
 
-def compose_caption(form: Mapping[str, Any], seed: int = 0) -> str:
-    """Attributes from the studio's form -> the template caption, then one sentence naming the
-    chosen lesions and where they are (``lesions``: list of {"lesion": ..., "region": ...})."""
+def _form_attributes(form: Mapping[str, Any]) -> dict[str, Any]:
     options = {k: form.get(k) for k in ATTRIBUTES if not _blank(form.get(k))}
     for flag in ("dme", "glaucoma"):
         if flag in options:
             options[flag] = _yes_no(options[flag])
-    caption = describe(attributes_from_options(**options), seed=seed)
+    return attributes_from_options(**options)
+
+
+def compose_negative(form: Mapping[str, Any]) -> str:
+    """The negative prompt of the form's attributes: their reversed findings, as `fundusgen generate`
+    uses for attribute prompts ("" when there is nothing to contrast)."""
+    return contrast_caption(_form_attributes(form))
+
+
+def compose_caption(form: Mapping[str, Any], seed: int = 0) -> str:
+    """Attributes from the studio's form -> the template caption, then one sentence naming the
+    chosen lesions and where they are (``lesions``: list of {"lesion": ..., "region": ...})."""
+    caption = describe(_form_attributes(form), seed=seed)
     phrases = []
     for entry in form.get("lesions") or []:
         try:
@@ -77,6 +87,7 @@ class GenerationRequest:
     steps: int | None = None
     guidance: float | None = None
     anatomy_retries: int = 0   # `fundusgen generate --anatomy-retries`: check each image, draw an invalid one again
+    negative_prompt: str = ""  # what guidance steers away from ("": the empty caption)
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> "GenerationRequest":
@@ -85,6 +96,13 @@ class GenerationRequest:
             raise FundusgenError("empty prompt: describe the fundus to generate, or compose it from attributes")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise FundusgenError(f"prompt of {len(prompt)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
+        negative = data.get("negative_prompt")
+        negative = "" if _blank(negative) else negative
+        if not isinstance(negative, str):
+            raise FundusgenError(f"negative prompt must be text (got {negative!r})")
+        if len(negative) > MAX_PROMPT_CHARS:
+            raise FundusgenError(f"negative prompt of {len(negative)} characters is longer than the "
+                                 f"{MAX_PROMPT_CHARS} accepted")
 
         def number(key, kind, low, high, default):
             value = data.get(key)
@@ -101,7 +119,8 @@ class GenerationRequest:
         return cls(prompt=prompt.strip(), count=number("count", int, 1, MAX_IMAGES, 1),
                    seed=number("seed", int, 0, 2**31 - 1, secrets.randbelow(2**31)),
                    steps=number("steps", int, 1, MAX_STEPS, None), guidance=number("guidance", float, 0.0, 30.0, None),
-                   anatomy_retries=number("anatomy_retries", int, 0, MAX_RETRIES, 0))
+                   anatomy_retries=number("anatomy_retries", int, 0, MAX_RETRIES, 0),
+                   negative_prompt=negative.strip())
 
 
 class GenerationQueue:
@@ -221,11 +240,11 @@ class GenerationQueue:
             from fundusgen.generate import sample_checked
             drawn = [sample_checked(self.pipe, request.prompt, request.seed + i, request.anatomy_retries,
                                     steps=request.steps, guidance=request.guidance,
-                                    callback=lambda done, n, i=i: progress(i + done / n, request.count))
+                                    negative_prompt=request.negative_prompt, callback=lambda done, n, i=i: progress(i + done / n, request.count))
                      for i in range(request.count)]
         else:
             result = self.pipe(request.prompt, num_images=request.count, seed=request.seed, steps=request.steps,
-                               guidance=request.guidance, callback=progress)
+                               guidance=request.guidance, negative_prompt=request.negative_prompt, callback=progress)
             drawn = list(zip(result.images, result.metadata))
         folder = self.out_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)

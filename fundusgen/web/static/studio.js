@@ -38,14 +38,16 @@ function attributes() {
 document.getElementById("compose").addEventListener("click", async () => {
   showError("");
   try {
-    prompt.value = (await call("POST", "/api/caption", attributes())).caption;
+    const composed = await call("POST", "/api/caption", attributes());
+    prompt.value = composed.caption;
+    form.elements.negative_prompt.value = composed.negative_prompt;
   } catch (e) { showError(e.message); }
 });
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   showError("");
-  const body = {prompt: prompt.value};
+  const body = {prompt: prompt.value, negative_prompt: form.elements.negative_prompt.value};
   for (const name of ["seed", "steps", "guidance", "count", "anatomy_retries"]) body[name] = form.elements[name].value;
   try {
     await call("POST", "/api/jobs", body);
