@@ -256,8 +256,10 @@ def generate_balancing_set(index: pd.DataFrame, tasks: list[Task], out: Path, bu
                 folder = out / f"{task.name}-{label}-{v}"
                 # a seed range of its own per folder: no two synthetic images start from the same noise
                 folder_seed = seed + 10_000 * (100 * list(TASKS).index(task.name) + 10 * label + v)
+                # plain guidance, as the README's downstream figures were measured (contrastive guidance,
+                # `generate`'s default for attribute prompts since, is not measured here yet)
                 generate_to_folder([describe(attrs, seed=v)], folder, model=model, num_images=int(k), seed=folder_seed,
-                                   progress=progress, attributes=[attrs])
+                                   progress=progress, attributes=[attrs], contrast=False)
     return plan
 
 
