@@ -172,6 +172,24 @@ def test_water_filling_raises_the_smallest_classes_first_and_never_past_the_larg
     assert D.water_fill(np.array([5, 5]), 10).tolist() == [0, 0]
 
 
+@pytest.mark.parametrize("contrast", [False, True])
+def test_the_balancing_set_is_guided_away_from_each_class_s_reversed_findings_only_when_asked(tmp_path, contrast):
+    from fundusgen.caption.template import contrast_caption
+    from model_fixtures import tiny_model
+    task = D.TASKS["cataract"]
+    index = pd.DataFrame({"dataset": task.dataset, "split": "train", "cataract": [False] + [True] * 5})
+    plan = D.generate_balancing_set(index, [task], tmp_path / "syn", 2, model=tiny_model(tmp_path / "tiny"),
+                                    progress=False, contrast=contrast)
+    assert plan["cataract"].tolist() == [2, 0]  # the normal class is the small one
+    sidecars = [json.loads(f.read_text()) for f in sorted((tmp_path / "syn").rglob("*.json"))]
+    assert len(sidecars) == 2 and all(s["attributes"]["cataract_severity"] == "none" for s in sidecars)
+    for s in sidecars:
+        assert s["negative_prompt"] == (contrast_caption(s["attributes"]) if contrast else "")
+    assert ("opacity" in sidecars[0]["negative_prompt"].lower()) == contrast  # a severe cataract
+    cfg = D.DownstreamConfig(tmp_path, synthetic=tmp_path / "syn", generate=2, contrast=contrast)
+    assert ("--contrast" in D.reproduce_command(cfg).split()) == contrast
+
+
 def test_synthetic_labels_come_from_the_sidecars_attributes(tmp_path):
     for name, attrs in (("a", {"dr_grade": 3, "eye": "left"}), ("b", {"glaucoma": True}),
                         ("c", {"cataract_severity": "severe"}), ("d", {"cataract_severity": "none", "dr_grade": 0}),

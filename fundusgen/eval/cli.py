@@ -1,6 +1,7 @@
 """``fundusgen evaluate``: register it on the main parser with ``add_evaluate_parser(subparsers)``."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -104,6 +105,9 @@ def add_downstream_arguments(p) -> None:
                    help="first generate up to N images in all into --synthetic, to balance the train classes "
                         "(resumable; default 0: use the folder as it is)")
     p.add_argument("--model", help="generation model folder (default: the shipped default model)")
+    p.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --generate: contrastive guidance, each class's prompt guided away from its reversed "
+                        "findings (`fundusgen generate`'s default for attribute prompts; default off here)")
     p.add_argument("--epochs", type=int, help="training epochs (default: probe 60, finetune 10)")
     p.add_argument("--max-train", type=int, help="at most this many real training images per task, stratified")
     p.add_argument("--image-size", type=int, default=224,

@@ -239,7 +239,7 @@ def balancing_plan(index: pd.DataFrame, tasks: list[Task], budget: int) -> dict[
 
 
 def generate_balancing_set(index: pd.DataFrame, tasks: list[Task], out: Path, budget: int, *, model=None,
-                           seed: int = 1000, progress: bool = True) -> dict[str, np.ndarray]:
+                           seed: int = 1000, progress: bool = True, contrast: bool = False) -> dict[str, np.ndarray]:
     """Generate ``balancing_plan``'s images into ``out/<task>-<class>-<variant>/`` with the given
     (or the shipped default) model, each with its attributes in its sidecar. Resumable: images
     already there with the same prompt and seed are kept."""
@@ -256,10 +256,8 @@ def generate_balancing_set(index: pd.DataFrame, tasks: list[Task], out: Path, bu
                 folder = out / f"{task.name}-{label}-{v}"
                 # a seed range of its own per folder: no two synthetic images start from the same noise
                 folder_seed = seed + 10_000 * (100 * list(TASKS).index(task.name) + 10 * label + v)
-                # plain guidance, as the README's downstream figures were measured (contrastive guidance,
-                # `generate`'s default for attribute prompts since, is not measured here yet)
                 generate_to_folder([describe(attrs, seed=v)], folder, model=model, num_images=int(k), seed=folder_seed,
-                                   progress=progress, attributes=[attrs], contrast=False)
+                                   progress=progress, attributes=[attrs], contrast=contrast)
     return plan
 
 
@@ -389,6 +387,7 @@ class DownstreamConfig:
     mode: str = "probe"                 # probe | finetune
     generate: int = 0                   # synthetic images to generate first (0: use the folder as it is)
     model: str | None = None            # generation model (default: the shipped one)
+    contrast: bool = False              # generate with contrastive guidance (`fundusgen generate`'s attribute default)
     epochs: int | None = None           # probe: 60, finetune: 10
     max_train: int | None = None        # at most this many real training images per task (a quick run)
     image_size: int = classifier.IMAGE_SIZE
@@ -409,6 +408,8 @@ def reproduce_command(cfg: DownstreamConfig) -> str:
                        ("cache_dir", "--cache")):
         if getattr(cfg, name) != getattr(defaults, name):
             words += [flag, str(getattr(cfg, name))]
+    if cfg.contrast != defaults.contrast:
+        words += ["--contrast" if cfg.contrast else "--no-contrast"]
     return shlex.join(words)
 
 
@@ -500,7 +501,8 @@ def run_downstream(cfg: DownstreamConfig, *, progress: bool = True) -> dict:
     tasks, index, splits = check_inputs(cfg)
     tick = time.perf_counter()
     if cfg.generate:
-        generate_balancing_set(index, tasks, cfg.synthetic, cfg.generate, model=cfg.model, progress=progress)
+        generate_balancing_set(index, tasks, cfg.synthetic, cfg.generate, model=cfg.model, progress=progress,
+                               contrast=cfg.contrast)
     timings["generate_s"] = time.perf_counter() - tick
     synth = SyntheticSet.read(cfg.synthetic) if cfg.synthetic is not None else None
 
@@ -754,7 +756,8 @@ def config_from_args(args) -> DownstreamConfig:
     return DownstreamConfig(prepared=Path(args.prepared), out=Path(args.out),
                             synthetic=Path(args.synthetic) if args.synthetic else None,
                             tasks=tuple(t.name for t in parse_tasks(args.tasks)), seeds=args.seeds, mode=args.mode,
-                            generate=args.generate, model=args.model, epochs=args.epochs, max_train=args.max_train,
+                            generate=args.generate, model=args.model, contrast=args.contrast,
+                            epochs=args.epochs, max_train=args.max_train,
                             image_size=args.image_size, cache_dir=Path(args.cache) if args.cache else None)
 
 
