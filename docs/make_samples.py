@@ -1,7 +1,9 @@
 """Render docs/default_model_samples.png: the shipped model's images for a few captions, the same
-seeds in every row, so what a caption changes (eye, DR grade, cataract, glaucoma) is visible.
+seeds in every row, so what a caption changes (eye, DR grade, cataract, glaucoma) is visible. Each
+row is guided away from its reversed findings, as `fundusgen generate` does for attribute prompts
+(``--no-contrast``: plain classifier-free guidance).
 
-    python docs/make_samples.py [--model PATH] [--seeds 4] [--out docs/default_model_samples.png]
+    python docs/make_samples.py [--model PATH] [--seeds 4] [--no-contrast] [--out docs/default_model_samples.png]
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import argparse
 
 from PIL import Image, ImageDraw
 
-from fundusgen.caption.template import attributes_from_options, describe
+from fundusgen.caption.template import attributes_from_options, contrast_caption, describe
 from fundusgen.model.pipeline import FundusGen
 
 ROWS = [
@@ -26,18 +28,21 @@ def main():
     ap.add_argument("--model")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", default="docs/default_model_samples.png")
+    ap.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     pipe = FundusGen.from_pretrained(args.model)
     thumb, label_w = 192, 230
     sheet = Image.new("RGB", (label_w + thumb * args.seeds, thumb * len(ROWS)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (label, attrs) in enumerate(ROWS):
-        caption = describe(attributes_from_options(**attrs), seed=0)
-        images = pipe(caption, num_images=args.seeds, seed=0).images
+        attributes = attributes_from_options(**attrs)
+        caption = describe(attributes, seed=0)
+        negative = contrast_caption(attributes) if args.contrast else ""
+        images = pipe(caption, num_images=args.seeds, seed=0, negative_prompt=negative).images
         draw.text((8, r * thumb + thumb // 2 - 6), label, fill="black")
         for c, img in enumerate(images):
             sheet.paste(img.resize((thumb, thumb), Image.BICUBIC), (label_w + c * thumb, r * thumb))
-        print(f"{label}: {caption}")
+        print(f"{label}: {caption}" + (f" (negative: {negative})" if negative else ""))
     sheet.save(args.out)
     print(f"wrote {args.out}")
 

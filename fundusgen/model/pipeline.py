@@ -114,7 +114,8 @@ class FundusGen:
                  guidance_interval: tuple[float, float] | None = None, batch_size: int = 4,
                  callback=None) -> GenerationResult:
         """``num_images`` images per prompt. Image i of a call uses seed + i, so a given
-        (prompt, seed) gives the same image whatever the batch or count.
+        (prompt, seed) gives the same image whatever the batch or count (up to one grey level when
+        one batch mixes negative prompts of different lengths: float sums round differently).
 
         ``negative_prompt`` (one, or one per prompt) replaces the empty caption of the guidance's
         unconditional branch, so guidance pushes away from it (``""``: plain classifier-free
