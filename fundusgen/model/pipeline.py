@@ -122,10 +122,12 @@ class FundusGen:
         guidance). ``guidance_interval`` (low, high) applies guidance only at times low < t <= high
         (t = 1 is noise) and the conditional velocity alone elsewhere (Kynkaanniemi et al. 2024)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = ([negative_prompt or ""] * len(prompts) if negative_prompt is None or isinstance(negative_prompt, str)
+        negatives = ([negative_prompt] * len(prompts) if negative_prompt is None or isinstance(negative_prompt, str)
                      else list(negative_prompt))
+        negatives = [n or "" for n in negatives]  # None: the empty caption
         if len(negatives) != len(prompts):
-            raise FundusgenError(f"{len(negatives)} negative prompts for {len(prompts)} prompts (give one, or one each)")
+            raise FundusgenError(f"{len(negatives)} negative prompts for {len(prompts)} prompts "
+                                 "(give one, or one each)")
         interval = tuple(self.config.get("guidance_interval", (0.0, 1.0)) if guidance_interval is None
                          else guidance_interval)
         steps = self.config.get("steps", 25) if steps is None else steps

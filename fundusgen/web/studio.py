@@ -96,8 +96,7 @@ class GenerationRequest:
             raise FundusgenError("empty prompt: describe the fundus to generate, or compose it from attributes")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise FundusgenError(f"prompt of {len(prompt)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
-        negative = data.get("negative_prompt")
-        negative = "" if _blank(negative) else negative
+        negative = data.get("negative_prompt") or ""
         if not isinstance(negative, str):
             raise FundusgenError(f"negative prompt must be text (got {negative!r})")
         if len(negative) > MAX_PROMPT_CHARS:
@@ -240,7 +239,8 @@ class GenerationQueue:
             from fundusgen.generate import sample_checked
             drawn = [sample_checked(self.pipe, request.prompt, request.seed + i, request.anatomy_retries,
                                     steps=request.steps, guidance=request.guidance,
-                                    negative_prompt=request.negative_prompt, callback=lambda done, n, i=i: progress(i + done / n, request.count))
+                                    negative_prompt=request.negative_prompt,
+                                    callback=lambda done, n, i=i: progress(i + done / n, request.count))
                      for i in range(request.count)]
         else:
             result = self.pipe(request.prompt, num_images=request.count, seed=request.seed, steps=request.steps,
