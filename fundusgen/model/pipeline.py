@@ -122,9 +122,8 @@ class FundusGen:
         guidance). ``guidance_interval`` (low, high) applies guidance only at times low < t <= high
         (t = 1 is noise) and the conditional velocity alone elsewhere (Kynkaanniemi et al. 2024)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = ([negative_prompt] * len(prompts) if negative_prompt is None or isinstance(negative_prompt, str)
-                     else list(negative_prompt))
-        negatives = [n or "" for n in negatives]  # None: the empty caption
+        one = negative_prompt is None or isinstance(negative_prompt, str)
+        negatives = [n or "" for n in ([negative_prompt] * len(prompts) if one else negative_prompt)]  # None: ""
         if len(negatives) != len(prompts):
             raise FundusgenError(f"{len(negatives)} negative prompts for {len(prompts)} prompts "
                                  "(give one, or one each)")

@@ -94,14 +94,12 @@ class GenerationRequest:
         prompt = data.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise FundusgenError("empty prompt: describe the fundus to generate, or compose it from attributes")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise FundusgenError(f"prompt of {len(prompt)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
         negative = data.get("negative_prompt") or ""
         if not isinstance(negative, str):
             raise FundusgenError(f"negative prompt must be text (got {negative!r})")
-        if len(negative) > MAX_PROMPT_CHARS:
-            raise FundusgenError(f"negative prompt of {len(negative)} characters is longer than the "
-                                 f"{MAX_PROMPT_CHARS} accepted")
+        for name, text in (("prompt", prompt), ("negative prompt", negative)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise FundusgenError(f"{name} of {len(text)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
 
         def number(key, kind, low, high, default):
             value = data.get(key)
