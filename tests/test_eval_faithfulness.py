@@ -160,3 +160,29 @@ def test_command_line_bad_folder_is_one_line_on_stderr(tmp_path, capsys):
     assert fa.main(["score", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("faithfulness: error: ") and str(tmp_path) in err[0]
+
+
+def test_records_prompt_set_carries_each_records_whole_label_set(tmp_path, capsys):
+    """``generate --records PREPARED``: one image per held-out record, its prompt and sidecar
+    written from all of its labels (and only its labels); a bad folder or split is one line."""
+    prepared = tmp_path / "prep"
+    prepared.mkdir()
+    rows = [{"key": f"k{i}", "split": "test" if i < 3 else "train", "eye": ("left", "right")[i % 2],
+             "dr_grade": float(i), "glaucoma": None if i else False, "cdr": 0.7 if i == 1 else None,
+             "quality": 0.9} for i in range(5)]
+    pd.DataFrame(rows).to_parquet(prepared / "index.parquet")
+    cells = fa.record_cells(prepared, n=10)
+    assert sorted(map(json.dumps, cells)) == sorted(json.dumps(c) for c in [
+        {"eye": "left", "dr_grade": 0, "glaucoma": False}, {"eye": "right", "dr_grade": 1, "cdr": 0.7},
+        {"eye": "left", "dr_grade": 2}])
+    assert all(type(c["dr_grade"]) is int for c in cells)   # integral floats from parquet become grades
+    model = tiny_model(tmp_path / "tiny")
+    assert fa.main(["generate", str(tmp_path / "set"), "--records", str(prepared), "--records-n", "2",
+                    "--model", str(model), "--quiet"]) == 0
+    assert "wrote 2 images" in capsys.readouterr().out
+    asked = fa.requested(tmp_path / "set")
+    assert len(asked) == 2 and all(a in cells for a in asked.values())
+    for bad in (["--records", str(tmp_path / "nowhere")], ["--records", str(prepared), "--records-split", "val"]):
+        assert fa.main(["generate", str(tmp_path / "bad"), *bad, "--model", str(model), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("faithfulness: error: ")

@@ -63,6 +63,34 @@ def generate_prompt_set(out: Path, per_cell: int = 2, model=None, seed: int = 0,
                               attributes=cells, **settings)
 
 
+# the labels a record's whole-label-set prompt is written from (``record_cells``)
+RECORD_LABELS = ("eye", "dr_grade", "dr_stage", "dr", "dme", "glaucoma", "cdr", "cataract", "cataract_severity",
+                 "amd", "myopia", "hypertension", "other")
+
+
+def record_cells(prepared: Path, n: int = 100, splits: Iterable[str] = ("test",), seed: int = 0) -> list[dict]:
+    """A second, harder prompt set: the whole label sets of ``n`` seeded random records of the
+    ``splits`` of a prepared folder (several findings per prompt, as real photographs carry them,
+    where ``prompt_cells`` asks for the eye and one finding). Labels only, no measurements."""
+    import pandas as pd
+    prepared = Path(prepared)
+    try:
+        index = pd.read_parquet(prepared / "index.parquet")
+    except (OSError, ValueError) as e:
+        raise FundusgenError(f"{prepared}: not a prepared folder ({e})") from None
+    held = index[index["split"].isin(list(splits))]
+    if held.empty:
+        raise FundusgenError(f"{prepared}: no records in split {', '.join(splits)}")
+    if n < 1:
+        raise FundusgenError(f"{n} records asked for: expected at least 1")
+    rows = held.sample(n=min(n, len(held)), random_state=seed)
+
+    def value(k, v):
+        v = v.item() if hasattr(v, "item") else v
+        return int(v) if k == "dr_grade" else v   # a float column where some records have no grade
+    return [{k: value(k, r[k]) for k in RECORD_LABELS if k in r and not pd.isna(r[k])} for _, r in rows.iterrows()]
+
+
 def requested(folder: Path) -> dict[str, dict]:
     """image file (relative to ``folder``) -> the attributes its sidecar says it was generated from."""
     out = {}
@@ -363,7 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate the prompt set (attributes in every sidecar)")
     g.add_argument("out")
-    g.add_argument("--per-cell", type=int, default=2, help="images per prompt cell (default 2; 18 cells)")
+    g.add_argument("--per-cell", type=int, help="images per prompt cell (default 2 of each of the 18 cells; "
+                                                "1 per record with --records)")
+    g.add_argument("--records", metavar="PREPARED", help="instead of the 18 cells, prompts written from the whole "
+                                                         "label sets of held-out records of this prepared folder")
+    g.add_argument("--records-n", type=int, default=100, help="how many records (default 100)")
+    g.add_argument("--records-split", default="test", help="their split (default test)")
     g.add_argument("--model", help="model folder (default: the shipped model)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=True,
@@ -379,8 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "generate":
-            written = generate_prompt_set(Path(args.out), per_cell=args.per_cell, model=args.model, seed=args.seed,
-                                          progress=not args.quiet, contrast=args.contrast, guidance=args.guidance)
+            cells = (record_cells(Path(args.records), args.records_n, (args.records_split,), args.seed)
+                     if args.records else None)
+            per_cell = args.per_cell or (1 if cells else 2)
+            written = generate_prompt_set(Path(args.out), per_cell=per_cell, model=args.model, seed=args.seed,
+                                          progress=not args.quiet, contrast=args.contrast, guidance=args.guidance,
+                                          cells=cells)
             print(f"wrote {len(written)} images with their attributes to {args.out}")
             return 0
         result = evaluate_faithfulness(Path(args.synthetic), Path(args.real) if args.real else None,
