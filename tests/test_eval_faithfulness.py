@@ -169,12 +169,12 @@ def test_records_prompt_set_carries_each_records_whole_label_set(tmp_path, capsy
     prepared.mkdir()
     rows = [{"key": f"k{i}", "split": "test" if i < 3 else "train", "eye": ("left", "right")[i % 2],
              "dr_grade": float(i), "glaucoma": None if i else False, "cdr": 0.7 if i == 1 else None,
-             "quality": 0.9} for i in range(5)]
+             "quality": 0.9, "quality_grade": "good" if i == 2 else None} for i in range(5)]
     pd.DataFrame(rows).to_parquet(prepared / "index.parquet")
     cells = fa.record_cells(prepared, n=10)
     assert sorted(map(json.dumps, cells)) == sorted(json.dumps(c) for c in [
         {"eye": "left", "dr_grade": 0, "glaucoma": False}, {"eye": "right", "dr_grade": 1, "cdr": 0.7},
-        {"eye": "left", "dr_grade": 2}])
+        {"eye": "left", "quality_grade": "good", "dr_grade": 2}])
     assert all(type(c["dr_grade"]) is int for c in cells)   # integral floats from parquet become grades
     model = tiny_model(tmp_path / "tiny")
     assert fa.main(["generate", str(tmp_path / "set"), "--records", str(prepared), "--records-n", "2",

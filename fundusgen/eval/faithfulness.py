@@ -63,15 +63,16 @@ def generate_prompt_set(out: Path, per_cell: int = 2, model=None, seed: int = 0,
                               attributes=cells, **settings)
 
 
-# the labels a record's whole-label-set prompt is written from (``record_cells``)
-RECORD_LABELS = ("eye", "dr_grade", "dr_stage", "dr", "dme", "glaucoma", "cdr", "cataract", "cataract_severity",
-                 "amd", "myopia", "hypertension", "other")
+# what a record's whole-label-set prompt is written from (``record_cells``): its labels and the
+# quality grade that ``prepare`` gave it, as the training captions have them
+RECORD_LABELS = ("eye", "quality_grade", "dr_grade", "dr_stage", "dr", "dme", "glaucoma", "cdr", "cataract",
+                 "cataract_severity", "amd", "myopia", "hypertension", "other")
 
 
 def record_cells(prepared: Path, n: int = 100, splits: Iterable[str] = ("test",), seed: int = 0) -> list[dict]:
     """A second, harder prompt set: the whole label sets of ``n`` seeded random records of the
     ``splits`` of a prepared folder (several findings per prompt, as real photographs carry them,
-    where ``prompt_cells`` asks for the eye and one finding). Labels only, no measurements."""
+    where ``prompt_cells`` asks for the eye and one finding). Labels and quality grade, no measurements."""
     import pandas as pd
     prepared = Path(prepared)
     try:
