@@ -131,28 +131,3 @@ def test_summarise_counts_coverage_at_each_confidence():
     assert s["images"] == 4 and s["accuracy"] == 0.75 and s["errors"] == 1
     assert s["when_confident"]["0.9"] == {"coverage": 0.5, "accuracy": 1.0}
     assert s["when_confident"]["0.5"] == {"coverage": 0.75, "accuracy": round(2 / 3, 4)}
-
-
-def test_an_ensemble_is_the_mean_of_its_members_trained_alone_and_is_not_retrained(tmp_path, monkeypatch, one_thread):
-    """``--members 2``: member i is the network a one-network run from seed + i trains (the same
-    weights), the ensemble's logit is the mean of theirs (odd under a flip), and a re-run keeps the
-    finished members."""
-    import torch
-    from safetensors.torch import load_file
-    data = _retina_set(4)
-    small = dict(data="unused", steps=4, batch_size=2, channels=4, checkpoint_every=2)
-    out = train_laterality_net(LateralityTrainConfig(out=str(tmp_path / "ens"), members=2, **small), progress=False, data=data)
-    alone = train_laterality_net(LateralityTrainConfig(out=str(tmp_path / "one"), seed=1, **small), progress=False, data=data)
-    assert json.loads((out / "config.json").read_text())["members"] == 2
-    a, b = load_file(str(out / "member-1" / "model.safetensors")), load_file(str(alone / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ensemble, members = load_laterality_net(out), [load_laterality_net(out / f"member-{i}") for i in range(2)]
-    x = torch.randn(3, 4, lat.INPUT, lat.INPUT)
-    with torch.no_grad():
-        mean = (members[0](x) + members[1](x)) / 2
-        assert torch.allclose(ensemble(x), mean, atol=1e-5) and torch.allclose(ensemble(x.flip(-1)), -ensemble(x), atol=1e-5)
-    monkeypatch.setattr("fundusgen.measure.vessels.fit_segmentation", lambda *a, **k: pytest.fail("retrained a member"))
-    again = train_laterality_net(LateralityTrainConfig(out=str(tmp_path / "ens"), members=2, **small), progress=False, data=data)
-    assert load_file(str(again / "model.safetensors")).keys() == load_file(str(out / "model.safetensors")).keys()
-    with pytest.raises(FundusgenError, match="--members 0"):
-        train_laterality_net(LateralityTrainConfig(out=str(tmp_path / "none"), members=0, **small), progress=False, data=data)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -82,12 +82,10 @@ def image_input(rgb: np.ndarray, fov: np.ndarray) -> np.ndarray:
 
 # --- the network -----------------------------------------------------------------------------
 
-def build_laterality_net(channels: int = 16, inputs: int = 4, members: int = 1):
+def build_laterality_net(channels: int = 16, inputs: int = 4):
     """``g``: four stride-2 stages (128 -> 8 px) of 3x3 conv + BN + ReLU (another at 32 px), a 1x1 conv to 4 maps and
-    a linear map of the 8 x 8 x 4 grid to one score (about 70 k parameters at 16 channels); the
-    module's output is g(x) - g(flip x), the logit of "right eye". With ``members`` > 1 it holds
-    that many ``g``s (an ensemble, each trained alone from its own seed) and its logit is the mean
-    of theirs: still odd under a flip, and near 0 where the members disagree."""
+    a linear map of the 8 x 8 x 4 grid to one score (about 75 k parameters at 16 channels); the
+    module's output is g(x) - g(flip x), the logit of "right eye"."""
     torch = _torch()
     nn = torch.nn
 
@@ -95,31 +93,22 @@ def build_laterality_net(channels: int = 16, inputs: int = 4, members: int = 1):
         return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
     c = channels
-    cells = (INPUT // 16) ** 2
-
-    def g():
-        return nn.Sequential(*conv(inputs, c, 2), *conv(c, 2 * c, 2), *conv(2 * c, 2 * c),
-                             *conv(2 * c, 4 * c, 2), *conv(4 * c, 4 * c, 2),
-                             nn.Conv2d(4 * c, 4, 1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * cells, 1))
 
     class LateralityNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.config = {"channels": channels, "inputs": inputs, "input": INPUT, "members": members}
-            self.members = nn.ModuleList(g() for _ in range(members))
+            self.config = {"channels": channels, "inputs": inputs, "input": INPUT}
+            cells = (INPUT // 16) ** 2
+            self.g = nn.Sequential(*conv(inputs, c, 2), *conv(c, 2 * c, 2), *conv(2 * c, 2 * c),
+                                   *conv(2 * c, 4 * c, 2), *conv(4 * c, 4 * c, 2),
+                                   nn.Conv2d(4 * c, 4, 1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * cells, 1))
 
         def forward(self, x):
             n = x.shape[0]
-            both = torch.cat([x, x.flip(-1)])  # one batch: batch norm sees both alike
-            s = torch.stack([member(both).squeeze(-1) for member in self.members]).mean(0)
+            s = self.g(torch.cat([x, x.flip(-1)])).squeeze(-1)  # one batch: batch norm sees both alike
             return s[:n] - s[n:]
 
     return LateralityNet()
-
-
-def _single_net_keys(state: dict) -> dict:
-    """A one-network state dict of the first release (``g.*``) as member 0 of this layout."""
-    return {("members.0." + k[2:] if k.startswith("g.") else k): v for k, v in state.items()}
 
 
 def load_laterality_net(folder: str | Path):
@@ -128,8 +117,8 @@ def load_laterality_net(folder: str | Path):
     cfg, state = read_model_folder(folder, KIND, "laterality network")
     if cfg.get("input", INPUT) != INPUT:
         raise FundusgenError(f"{folder}: trained on {cfg['input']} px inputs, this code makes {INPUT} px")
-    net = build_laterality_net(cfg["channels"], cfg.get("inputs", 4), cfg.get("members", 1))
-    net.load_state_dict(_single_net_keys(state))
+    net = build_laterality_net(cfg["channels"], cfg.get("inputs", 4))
+    net.load_state_dict(state)
     return net.eval()
 
 
@@ -213,7 +202,6 @@ class LateralityTrainConfig:
     channels: int = 16
     seed: int = 0
     checkpoint_every: int = 250
-    members: int = 1              # an ensemble of this many networks, member i trained alone from seed + i
 
 
 def augment(x, g):
@@ -268,38 +256,16 @@ def train_laterality_net(cfg: LateralityTrainConfig, progress: bool = True, data
     rows = np.array([i for i, s in enumerate(data.splits) if s == "train"])
     if len(rows) == 0:
         raise FundusgenError(f"{cfg.data}: no training photos with a known eye ({', '.join(TRAIN_DATASETS)})")
-    if cfg.members < 1:
-        raise FundusgenError(f"--members {cfg.members}: expected at least 1")
     out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    model = build_laterality_net(cfg.channels)
+    net = fit_segmentation(model, lambda g: _batch(data, rows, cfg.batch_size, g), cfg, out, desc="train laterality",
+                           progress=progress, images_per_step=cfg.batch_size, loss_fn=bce)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
     counts = {name: int(sum(1 for r in rows if data.datasets[r] == name)) for name in sorted(set(data.datasets))}
-
-    def write(folder: Path, net, trained: LateralityTrainConfig) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
-        atomic_write_text(folder / "config.json", json.dumps({"kind": KIND, **net.config, "trained": asdict(trained),
-                                                              "training_photos": counts}, indent=2))
-
-    def fit(member_cfg: LateralityTrainConfig, folder: Path):
-        torch.manual_seed(member_cfg.seed)
-        model = build_laterality_net(member_cfg.channels)
-        return fit_segmentation(model, lambda g: _batch(data, rows, member_cfg.batch_size, g), member_cfg, folder,
-                                desc=f"train laterality ({folder.name})", progress=progress,
-                                images_per_step=member_cfg.batch_size, loss_fn=bce)
-
-    if cfg.members == 1:
-        write(out, fit(cfg, out), cfg)
-        return out
-    # each member is a one-network model folder of its own (out/member-i), trained from seed + i and
-    # resumable; a finished member is kept, so a killed run redoes only the member it was in
-    ensemble = build_laterality_net(cfg.channels, members=cfg.members)
-    for i, member in enumerate(ensemble.members):
-        folder = out / f"member-{i}"
-        member_cfg = replace(cfg, out=str(folder), seed=cfg.seed + i, members=1)
-        done = folder / "config.json"
-        if not (done.is_file() and json.loads(done.read_text()).get("trained") == asdict(member_cfg)):
-            write(folder, fit(member_cfg, folder), member_cfg)
-        member.load_state_dict(load_laterality_net(folder).members[0].state_dict())
-    write(out, ensemble, cfg)
+    atomic_write_text(out / "config.json", json.dumps({"kind": KIND, **net.config, "trained": asdict(cfg),
+                                                       "training_photos": counts}, indent=2))
     return out
 
 
@@ -355,8 +321,6 @@ def main(argv: list[str] | None = None) -> int:
                         train_help="train on the train split of the Mexican, 10-class and CHASE_DB1 photos",
                         data_help="prepared folder (fundusgen prepare)",
                         evaluate_help="accuracy and coverage per dataset and split, network and classical")
-    t.add_argument("--members", type=int, default=LateralityTrainConfig.members,
-                   help="train an ensemble of this many networks, member i from seed + i (default 1)")
     e.add_argument("--data", required=True, help="prepared folder (fundusgen prepare)")
     e.add_argument("--model", default=str(SHIPPED), help="model folder (default: the shipped weights)")
     e.add_argument("--classical-only", action="store_true", help="evaluate the classical cues only")
