@@ -182,7 +182,8 @@ def test_records_prompt_set_carries_each_records_whole_label_set(tmp_path, capsy
     assert "wrote 2 images" in capsys.readouterr().out
     asked = fa.requested(tmp_path / "set")
     assert len(asked) == 2 and all(a in cells for a in asked.values())
-    for bad in (["--records", str(tmp_path / "nowhere")], ["--records", str(prepared), "--records-split", "val"]):
+    for bad in (["--records", str(tmp_path / "nowhere")], ["--records", str(prepared), "--records-split", "val"],
+                ["--records", str(prepared), "--records-n", "0"], ["--records", str(prepared), "--per-cell", "0"]):
         assert fa.main(["generate", str(tmp_path / "bad"), *bad, "--model", str(model), "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("faithfulness: error: ")

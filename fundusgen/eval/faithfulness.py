@@ -74,16 +74,18 @@ def record_cells(prepared: Path, n: int = 100, splits: Iterable[str] = ("test",)
     ``splits`` of a prepared folder (several findings per prompt, as real photographs carry them,
     where ``prompt_cells`` asks for the eye and one finding). Labels and quality grade, no measurements."""
     import pandas as pd
+    if n < 1:
+        raise FundusgenError(f"{n} records asked for: expected at least 1")
     prepared = Path(prepared)
     try:
         index = pd.read_parquet(prepared / "index.parquet")
     except (OSError, ValueError) as e:
         raise FundusgenError(f"{prepared}: not a prepared folder ({e})") from None
+    if "split" not in index.columns:
+        raise FundusgenError(f"{prepared / 'index.parquet'}: no 'split' column (not written by fundusgen prepare)")
     held = index[index["split"].isin(list(splits))]
     if held.empty:
         raise FundusgenError(f"{prepared}: no records in split {', '.join(splits)}")
-    if n < 1:
-        raise FundusgenError(f"{n} records asked for: expected at least 1")
     rows = held.sample(n=min(n, len(held)), random_state=seed)
 
     def value(k, v):
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             cells = (record_cells(Path(args.records), args.records_n, (args.records_split,), args.seed)
                      if args.records else None)
-            per_cell = args.per_cell or (1 if cells else 2)
+            per_cell = args.per_cell if args.per_cell is not None else (1 if cells else 2)
             written = generate_prompt_set(Path(args.out), per_cell=per_cell, model=args.model, seed=args.seed,
                                           progress=not args.quiet, contrast=args.contrast, guidance=args.guidance,
                                           cells=cells)
