@@ -63,6 +63,19 @@ def generate_prompt_set(out: Path, per_cell: int = 2, model=None, seed: int = 0,
                               attributes=cells, **settings)
 
 
+def read_index(prepared: Path):
+    """The record index of a prepared folder (labels and splits; no shards needed), or one clear error.
+    (``downstream.read_prepared_index`` also demands the shards, which prompts written from labels do not.)"""
+    import pandas as pd
+    try:
+        index = pd.read_parquet(Path(prepared) / "index.parquet")
+    except (OSError, ValueError) as e:
+        raise FundusgenError(f"{prepared}: not a prepared folder ({e})") from None
+    if "split" not in index.columns:
+        raise FundusgenError(f"{Path(prepared) / 'index.parquet'}: no 'split' column (not written by fundusgen prepare)")
+    return index
+
+
 # what a record's whole-label-set prompt is written from (``record_cells``): its labels and the
 # quality grade that ``prepare`` gave it, as the training captions have them
 RECORD_LABELS = ("eye", "quality_grade", "dr_grade", "dr_stage", "dr", "dme", "glaucoma", "cdr", "cataract",
@@ -77,12 +90,7 @@ def record_cells(prepared: Path, n: int = 100, splits: Iterable[str] = ("test",)
     if n < 1:
         raise FundusgenError(f"{n} records asked for: expected at least 1")
     prepared = Path(prepared)
-    try:
-        index = pd.read_parquet(prepared / "index.parquet")
-    except (OSError, ValueError) as e:
-        raise FundusgenError(f"{prepared}: not a prepared folder ({e})") from None
-    if "split" not in index.columns:
-        raise FundusgenError(f"{prepared / 'index.parquet'}: no 'split' column (not written by fundusgen prepare)")
+    index = read_index(prepared)
     held = index[index["split"].isin(list(splits))]
     if held.empty:
         raise FundusgenError(f"{prepared}: no records in split {', '.join(splits)}")
@@ -274,10 +282,7 @@ def real_items(prepared: Path, splits: Iterable[str] = ("test", "val"), limit: i
     import pandas as pd
     from fundusgen.measure.run import read_measurements
     prepared = Path(prepared)
-    try:
-        index = pd.read_parquet(prepared / "index.parquet")
-    except (OSError, ValueError) as e:
-        raise FundusgenError(f"{prepared}: not a prepared folder ({e})") from None
+    index = read_index(prepared)
     labels = ["eye", "dr_grade", "dr_stage", "dr", "cataract", "cataract_severity", "cdr"]
     index = index[[c for c in ["key", "shard", "split", "dataset"] + labels if c in index.columns]]
     stored: dict[str, dict] = {}
