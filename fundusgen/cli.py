@@ -30,11 +30,23 @@ def _parse_source(text: str) -> tuple[str, str, dict]:
     return name.strip(), path, options
 
 
+def _errata_files(args) -> list[str] | None:
+    """The label errata prepare applies: the shipped ones unless --no-errata, then each --errata."""
+    from fundusgen.data.sources.errata import SHIPPED
+    if not args.errata and not args.no_errata:
+        return None
+    for path in args.errata:
+        if not Path(path).is_file():
+            raise FundusgenError(f"{path}: errata file not found")
+    return ([] if args.no_errata else [str(SHIPPED)]) + list(args.errata)
+
+
 def cmd_prepare(args) -> int:
     from fundusgen.data.prepare import PrepareConfig, prepare
     cfg = PrepareConfig(sources=[_parse_source(s) for s in args.source], out=Path(args.out), size=args.size,
                         shard_size=args.shard_size, workers=args.workers, image_format=args.format,
-                        seed=args.seed, copy_correlation=args.copy_correlation)
+                        seed=args.seed, copy_correlation=args.copy_correlation,
+                        errata=_errata_files(args))
     try:
         result = prepare(cfg, progress=not args.quiet)
     except OSError as e:  # an output folder that cannot be written, a full disk
@@ -152,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy-correlation", type=float, default=0.9, metavar="R",
                    help="photographs whose fine structure correlates at least R (under a flip or quarter turn) "
                         "are copies and share a split (default 0.9; above 1: only copies the adapters name)")
+    p.add_argument("--errata", action="append", default=[], metavar="CSV",
+                   help="label corrections to apply (columns dataset,id,field,label,corrected,reason); repeatable, "
+                        "added to the shipped ones (fundusgen/data/sources/errata.csv)")
+    p.add_argument("--no-errata", action="store_true", help="do not apply the shipped label errata: the sources' labels as given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
 

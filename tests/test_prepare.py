@@ -253,3 +253,37 @@ def test_output_folder_that_cannot_be_made_is_one_clear_error(dataset, tmp_path,
     assert main(prepare_args(dataset, blocker / "out")) != 0
     [line] = error_lines(capsys)
     assert str(blocker) in line
+
+
+def test_label_errata_correct_the_index_and_the_records(dataset, tmp_path):
+    """A user's errata file corrects an eye (kept in the record with the reason); one whose label
+    no longer matches the source is listed in the rejects file and changes nothing."""
+    errata = tmp_path / "errata.csv"
+    errata.write_text("dataset,id,field,label,corrected,reason\n"
+                      "mex_dme_dr,0001_OD_f_1,eye,right,left,the disc is on the left\n"
+                      "mex_dme_dr,0002_OD_f_1,eye,left,right,stale: the source says right\n")
+    out = tmp_path / "out"
+    assert main(prepare_args(dataset, out, "--workers", "1", "--errata", str(errata))) == 0
+    index = pd.read_parquet(out / "index.parquet").set_index("id")
+    assert index.loc["0001_OD_f_1", "eye"] == "left" and index.loc["0001_OD_f_1", "corrected"] == "eye"
+    assert index.loc["0002_OD_f_1", "eye"] == "right" and index.loc["0002_OD_f_1", "corrected"] == ""
+    record = next(s for s in shards.iter_samples(out) if s["key"].endswith("0001_OD_f_1"))["meta"]["record"]
+    assert record["corrections"]["eye"] == {"label": "right", "reason": "the disc is on the left", "errata": "errata.csv"}
+    rejects = pd.read_csv(out / "rejects.csv")
+    assert rejects.reason.str.contains("0002_OD_f_1: expects eye 'left' but the source says 'right'").any()
+    # --no-errata --errata: only the user's file; --no-errata alone: the labels as the source gives them
+    plain = tmp_path / "plain"
+    assert main(prepare_args(dataset, plain, "--workers", "1", "--no-errata")) == 0
+    assert pd.read_parquet(plain / "index.parquet").set_index("id").loc["0001_OD_f_1", "eye"] == "right"
+
+
+def test_a_malformed_or_missing_errata_file_is_one_clear_error(dataset, tmp_path, capsys):
+    assert main(prepare_args(dataset, tmp_path / "out", "--errata", str(tmp_path / "nope.csv"))) != 0
+    [line] = error_lines(capsys)
+    assert "nope.csv" in line and "not found" in line
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dataset,id,field,label,corrected,reason\nmex_dme_dr,0001_OD_f_1,colour,red,blue,x\n")
+    assert main(prepare_args(dataset, tmp_path / "out", "--errata", str(bad))) != 0
+    [line] = error_lines(capsys)
+    assert str(bad) in line and "row 2" in line and "cannot be corrected" in line
+    assert not (tmp_path / "out" / "index.parquet").exists()

@@ -48,7 +48,14 @@ def test_mex_dme_dr_labels_match_the_csv(read, shared_data):
                                                               "PDR": DRStage.PDR}[row["DR"]])
     lower_case = records["0146_od_f_1"]   # the eye written in lower case
     assert (lower_case.patient, lower_case.eye) == ("0146", Eye.RIGHT)
-    assert all(r.eye == (Eye.RIGHT if "_od_" in k.lower() else Eye.LEFT) for k, r in records.items())
+    named = {k: Eye.RIGHT if "_od_" in k.lower() else Eye.LEFT for k in records}
+    corrected = {k for k, r in records.items() if r.corrections}
+    assert all(r.eye == named[k] for k, r in records.items() if k not in corrected)
+    # the shipped errata: five eyes the photographs contradict, each keeping the file name's eye
+    assert corrected == {"1077_OI_f_1", "0592_OI_f_1", "0734_OI_f_1", "0744_OI_f_1", "0619_OD_f_1"}
+    for k in corrected:
+        r = records[k]
+        assert r.eye != named[k] and r.corrections["eye"]["label"] == named[k].value and r.corrections["eye"]["reason"]
 
 
 def test_srahim_dr_class_folders_give_grade_and_maculopathy(read, shared_data):

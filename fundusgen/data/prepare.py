@@ -42,6 +42,7 @@ class PrepareConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     copy_correlation: float = copies.COPY_CORRELATION  # above 1: only adapters' copy groups join records
+    errata: list[str] | None = None  # label errata files; None: the shipped ones (sources/errata.csv)
 
 
 @dataclass
@@ -90,6 +91,7 @@ def _process(args) -> dict:
            **{k: rec[k] for k in ("eye", "dr", "dr_grade", "dr_stage", "dme", "glaucoma", "cataract",
                                   "cataract_severity", "amd", "hypertension", "myopia", "other", "cdr")},
            "has_description": record.description is not None,
+           "corrected": ",".join(sorted(record.corrections)),  # labels the errata changed (sources.errata)
            "masks": ",".join(sorted(k for k in record.masks if f"{k}.png" in sample or k == "fov")),
            "quality": q.score, "quality_grade": q.grade.value, "source_path": record.image}
     return {"sample": sample, "row": row}
@@ -108,11 +110,13 @@ def _fingerprint(cfg: PrepareConfig, chunk: list[dict]) -> str:
 
 def collect_records(cfg: PrepareConfig, problems: list[dict], failed: list[str]) -> list[dict]:
     """All records of all sources, with their split, in a stable order."""
+    from fundusgen.data.sources.errata import SHIPPED, load_errata
+    load_errata([SHIPPED] if cfg.errata is None else cfg.errata)  # a malformed errata file stops here, naming its row
     items = []
     for name, root, options in cfg.sources:
         found: list[Problem] = []
         try:
-            records = read_source(name, root, found.append, **options)
+            records = read_source(name, root, found.append, errata=cfg.errata, **options)
         except (SourceError, OSError) as e:
             # an unreadable folder or label file surfaces as OSError from deep in an adapter
             line = str(e) if isinstance(e, SourceError) else f"{e.filename or root}: cannot read ({e.strerror})"

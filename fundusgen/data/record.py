@@ -36,6 +36,7 @@ class FundusRecord:
     description: str | None = None  # expert free text (a real caption)
     masks: dict[str, str] = field(default_factory=dict)  # kind -> absolute path
     source_labels: dict[str, Any] = field(default_factory=dict)
+    corrections: dict[str, dict] = field(default_factory=dict)  # field -> what the source said (sources.errata)
 
     def __post_init__(self):
         if self.eye is not None and not isinstance(self.eye, Eye):

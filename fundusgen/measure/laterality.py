@@ -157,6 +157,7 @@ class EyeSet:
     splits: list[str]
     right: np.ndarray     # (N,) 1.0 right eye, 0.0 left
     inputs: np.ndarray    # (N, 4, INPUT, INPUT) float16
+    source_right: np.ndarray | None = None  # (N,) the eye as the dataset gave it, before label errata
 
 
 def load_eye_set(folder: str | Path, datasets=TRAIN_DATASETS, splits=None, classical: bool = False,
@@ -173,20 +174,22 @@ def load_eye_set(folder: str | Path, datasets=TRAIN_DATASETS, splits=None, class
         return rec["dataset"] in datasets and rec.get("eye") in ("left", "right") and (
             splits is None or meta["split"] in splits)
 
-    keys, names, sp, right, inputs, cl = [], [], [], [], [], []
+    keys, names, sp, right, source, inputs, cl = [], [], [], [], [], [], []
     for s in tqdm(iter_samples(folder, keep=keep), desc="photos with a known eye", unit="img", disable=not progress):
         rec = s["meta"]["record"]
         keys.append(s["key"])
         names.append(rec["dataset"])
         sp.append(s["meta"]["split"])
         right.append(1.0 if rec["eye"] == Eye.RIGHT.value else 0.0)
+        said = rec.get("corrections", {}).get("eye", {}).get("label", rec["eye"])
+        source.append(1.0 if said == Eye.RIGHT.value else 0.0 if said == Eye.LEFT.value else np.nan)
         inputs.append(image_input(s["image"], s["fov"]).astype(np.float16))
         if classical:
             a = anatomy(s["image"], s["fov"].astype(bool), laterality_method="classical")
             cl.append((a.eye, a.eye_confidence))
     shape = (0, 4, INPUT, INPUT)
     data = EyeSet(keys, names, sp, np.array(right, np.float32),
-                  np.stack(inputs) if inputs else np.zeros(shape, np.float16))
+                  np.stack(inputs) if inputs else np.zeros(shape, np.float16), np.array(source, np.float32))
     return data, (cl if classical else None)
 
 
@@ -296,19 +299,29 @@ def by_split(ok, confidence, splits) -> dict:
 
 def evaluate(folder: str | Path, net=None, datasets=EVAL_DATASETS, progress: bool = True) -> dict:
     """Per dataset and split: accuracy and coverage of the network (when given) and of the
-    classical cues, on the prepared photos with a known eye."""
+    classical cues, on the prepared photos with a known eye. Where label errata changed eyes of a
+    dataset (``fundusgen.data.sources.errata``), each method is also scored against the eyes the
+    dataset gave ("METHOD, source labels"), and "corrected" lists the photos."""
     data, classical = load_eye_set(folder, datasets, classical=True, progress=progress)
     truth = np.where(data.right > 0.5, Eye.RIGHT.value, Eye.LEFT.value)
     methods = {"classical": (np.array([e for e, _ in classical]), np.array([c for _, c in classical]))}
     if net is not None:
         pairs = [eye_from_logit(v) for v in logits(net, data.inputs.astype(np.float32))]
         methods = {"network": (np.array([e for e, _ in pairs]), np.array([c for _, c in pairs])), **methods}
-    names, splits = np.array(data.datasets), np.array(data.splits)
+    source = np.where(data.source_right > 0.5, Eye.RIGHT.value, Eye.LEFT.value)
+    corrected = (source != truth) & ~np.isnan(data.source_right)
+    names, splits, keys = np.array(data.datasets), np.array(data.splits), np.array(data.keys)
     report = {}
     for name in datasets:
         on = names == name
-        if on.any():
-            report[name] = {m: by_split(eye[on] == truth[on], conf[on], splits[on]) for m, (eye, conf) in methods.items()}
+        if not on.any():
+            continue
+        report[name] = {m: by_split(eye[on] == truth[on], conf[on], splits[on]) for m, (eye, conf) in methods.items()}
+        fixed = on & corrected
+        if fixed.any():
+            for m, (eye, conf) in methods.items():
+                report[name][f"{m}, source labels"] = by_split(eye[on] == source[on], conf[on], splits[on])
+            report[name]["corrected"] = {str(k): str(s) for k, s in zip(keys[fixed], splits[fixed])}
     return report
 
 

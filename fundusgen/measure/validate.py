@@ -93,12 +93,15 @@ def validate_laterality(root: Path, per_set: int | None = None, seed: int = 0) -
                 continue
             for m in methods:
                 a = anatomy(image, fov, laterality_method=m)
-                rows[m].append((r.id, a.eye == r.eye.value, a.eye_confidence, assign_split(r)))
+                said = r.corrections.get("eye", {}).get("label", r.eye.value)  # before label errata
+                rows[m].append((r.id, a.eye == r.eye.value, a.eye_confidence, assign_split(r), a.eye == said))
         out[name] = {}
         for m, got in rows.items():
-            report = by_split([hit for _, hit, _, _ in got], [c for _, _, c, _ in got], [s for *_, s in got])
+            report = by_split([t[1] for t in got], [t[2] for t in got], [t[3] for t in got])
+            if any(r.corrections.get("eye") for r in records):  # the same against the dataset's own labels
+                report["source_labels"] = by_split([t[4] for t in got], [t[2] for t in got], [t[3] for t in got])
             # the surest disagreements are where to look for labels that are wrong
-            report["surest_errors"] = [i for i, hit, c, _ in sorted(got, key=lambda t: -t[2]) if not hit][:20]
+            report["surest_errors"] = [t[0] for t in sorted(got, key=lambda t: -t[2]) if not t[1]][:20]
             out[name][m] = report
     return out
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from fundusgen.data.record import FundusRecord
 from fundusgen.data.sources._common import Problem, Report, SourceError
@@ -47,8 +47,13 @@ def get(name: str) -> Callable[..., list[FundusRecord]]:
     raise SourceError(f"unknown dataset kind {name!r}; known: {', '.join(available())}")
 
 
-def read_source(name: str, root: str | Path, report: Report | None = None, **options) -> list[FundusRecord]:
+def read_source(name: str, root: str | Path, report: Report | None = None, *,
+                errata: Sequence[str | Path] | None = None, **options) -> list[FundusRecord]:
+    """The records of dataset kind ``name`` at ``root``, with label errata applied: the shipped
+    ones (``errata.csv``) when ``errata`` is None, else those of the files given (``()``: none)."""
     import inspect
+
+    from fundusgen.data.sources.errata import SHIPPED, apply_errata, load_errata
     problems: list[Problem] = []
     report = report or problems.append
     read = get(name)
@@ -57,7 +62,9 @@ def read_source(name: str, root: str | Path, report: Report | None = None, **opt
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise SourceError(f"{root}: dataset kind {name!r} takes no option(s) {', '.join(unknown)}")
-    return read(Path(root).expanduser().resolve(), report, **options)
+    fixes = load_errata([SHIPPED] if errata is None else errata)
+    records = read(Path(root).expanduser().resolve(), report, **options)
+    return apply_errata(records, fixes, report) if fixes else records
 
 
 __all__ = ["FundusRecord", "Problem", "Report", "SourceError", "available", "get", "read_source"]
