@@ -131,3 +131,27 @@ def test_summarise_counts_coverage_at_each_confidence():
     assert s["images"] == 4 and s["accuracy"] == 0.75 and s["errors"] == 1
     assert s["when_confident"]["0.9"] == {"coverage": 0.5, "accuracy": 1.0}
     assert s["when_confident"]["0.5"] == {"coverage": 0.75, "accuracy": round(2 / 3, 4)}
+
+
+def test_evaluate_scores_against_corrected_and_source_labels(tmp_path):
+    """skimage's retina (a left eye) and its mirror: photo c's source called it a right eye and an
+    erratum corrected it, so the report scores each method against both and names photo c."""
+    import json as _json
+
+    from fundusgen.data import shards
+    from fundusgen.data.record import FundusRecord
+    image, fov = retina_square(256)
+    samples = []
+    for rid, flip, eye, said in (("a", False, "left", None), ("b", True, "right", None), ("c", False, "left", "right")):
+        record = FundusRecord("fixture", rid, f"/nowhere/{rid}.png", eye=eye,
+                              corrections={"eye": {"label": said, "reason": "r", "errata": "e.csv"}} if said else {})
+        meta = {"key": f"fixture__{rid}", "split": "test", "record": record.to_json()}
+        im, mask = (image[:, ::-1].copy(), fov[:, ::-1].copy()) if flip else (image, fov)
+        samples.append({"__key__": f"fixture__{rid}", "jpg": shards.encode_image(im),
+                        "fov.png": shards.encode_png(mask.astype("uint8") * 255), "json": _json.dumps(meta)})
+    shards.write_shard(tmp_path / "shards" / "fundus-000000.tar", samples)
+    report = lat.evaluate(tmp_path, lat.shipped_laterality_net(), datasets=("fixture",), progress=False)["fixture"]
+    assert report["network"]["test"]["accuracy"] == 1.0
+    assert report["network, source labels"]["test"]["accuracy"] == pytest.approx(2 / 3, abs=1e-3)
+    assert report["classical"]["test"]["images"] == 3 and "classical, source labels" in report
+    assert report["corrected"] == {"fixture__c": "test"}

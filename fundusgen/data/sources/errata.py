@@ -83,20 +83,18 @@ def load_errata(paths: Iterable[str | Path]) -> list[Erratum]:
 
 
 def apply_errata(records: Sequence[FundusRecord], errata: Sequence[Erratum], report: Report) -> list[FundusRecord]:
-    """``records`` with the errata of their dataset applied (new records; the inputs are unchanged)."""
-    if not records:
-        return list(records)
-    dataset = records[0].dataset
-    todo: dict[str, list[Erratum]] = defaultdict(list)
+    """``records`` with the errata of their datasets applied (new records; the inputs are unchanged)."""
+    datasets = {r.dataset for r in records}
+    todo: dict[tuple[str, str], list[Erratum]] = defaultdict(list)
     for e in errata:
-        if e.dataset == dataset:
-            todo[e.id].append(e)
+        if e.dataset in datasets:
+            todo[e.dataset, e.id].append(e)
     out = []
     for r in records:
-        for e in todo.pop(r.id, []):
+        for e in todo.pop((r.dataset, r.id), []):
             r = _apply(r, e, report)
         out.append(r)
-    for rid, left in todo.items():
+    for (dataset, rid), left in todo.items():
         if left[0].source != str(SHIPPED):  # a copy of a public set may hold only some of its photographs
             report(Problem(left[0].source, f"erratum for {dataset}/{rid}: the source has no such record; not applied"))
     return out
