@@ -167,6 +167,7 @@ def load_eye_set(folder: str | Path, datasets=TRAIN_DATASETS, splits=None, class
     from tqdm import tqdm
 
     from fundusgen.data.shards import iter_samples
+    from fundusgen.data.sources.errata import source_label
     from fundusgen.measure.disc import anatomy
 
     def keep(meta):
@@ -181,7 +182,7 @@ def load_eye_set(folder: str | Path, datasets=TRAIN_DATASETS, splits=None, class
         names.append(rec["dataset"])
         sp.append(s["meta"]["split"])
         right.append(1.0 if rec["eye"] == Eye.RIGHT.value else 0.0)
-        said = rec.get("corrections", {}).get("eye", {}).get("label", rec["eye"])
+        said = source_label(rec, "eye")
         source.append(1.0 if said == Eye.RIGHT.value else 0.0 if said == Eye.LEFT.value else np.nan)
         inputs.append(image_input(s["image"], s["fov"]).astype(np.float16))
         if classical:

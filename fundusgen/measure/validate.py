@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fundusgen.data.fundus import ImageError, apply_crop, load_mask, load_rgb, preprocess
 from fundusgen.data.sources import read_source
+from fundusgen.data.sources.errata import source_label
 from fundusgen.measure.attributes import measure
 from fundusgen.measure.disc import anatomy
 from fundusgen.measure.vessels import classical_vessels, evaluate_on_records
@@ -91,9 +92,9 @@ def validate_laterality(root: Path, per_set: int | None = None, seed: int = 0) -
                 _, image, fov, _ = _prepared(r)
             except ImageError:
                 continue
+            said = source_label(r.to_json(), "eye")  # before label errata
             for m in methods:
                 a = anatomy(image, fov, laterality_method=m)
-                said = r.corrections.get("eye", {}).get("label", r.eye.value)  # before label errata
                 rows[m].append((r.id, a.eye == r.eye.value, a.eye_confidence, assign_split(r), a.eye == said))
         out[name] = {}
         for m, got in rows.items():

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 from fundusgen.data.record import FundusRecord
 from fundusgen.data.sources._common import Problem, Report, SourceError
+from fundusgen.data.sources.errata import SHIPPED, apply_errata, load_errata
 
 _MODULES = (
     # the datasets in ../shared/data
@@ -52,8 +53,6 @@ def read_source(name: str, root: str | Path, report: Report | None = None, *,
     """The records of dataset kind ``name`` at ``root``, with label errata applied: the shipped
     ones (``errata.csv``) when ``errata`` is None, else those of the files given (``()``: none)."""
     import inspect
-
-    from fundusgen.data.sources.errata import SHIPPED, apply_errata, load_errata
     problems: list[Problem] = []
     report = report or problems.append
     read = get(name)

@@ -60,6 +60,11 @@ def parse_value(field: str, text: str):
     return text
 
 
+def source_label(record: dict, field: str):
+    """What the dataset itself gave for ``field`` of a record (its JSON), before any erratum."""
+    return record.get("corrections", {}).get(field, {}).get("label", record.get(field))
+
+
 def read_errata(path: str | Path) -> list[Erratum]:
     """The errata of one CSV file; a malformed row is an error naming the file and the row."""
     path = Path(path)
