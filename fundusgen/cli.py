@@ -97,7 +97,7 @@ def cmd_generate(args) -> int:
                                  resolution=args.resolution, aperture=args.aperture, time_shift=args.time_shift,
                                  negative_prompt=args.negative_prompt, contrast=args.contrast,
                                  guidance_interval=args.guidance_interval and list(args.guidance_interval),
-                                 progress=not args.quiet)
+                                 autoguidance=args.autoguidance, progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")
     if args.anatomy_retries:
         checks = [json.loads(p.with_suffix(".json").read_text())["anatomy"] for p in written]
@@ -134,7 +134,7 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from fundusgen.train.run import export_fp16
-    config = export_fp16(args.src, args.dst)
+    config = export_fp16(args.src, args.dst, guide=args.guide)
     ckpt = config.get("checkpoint")
     taken = (f"; denoiser: EMA of the checkpoint at stage {ckpt['stage']!r} step {ckpt['step']} of {ckpt['of']}"
              if ckpt else "")
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what guidance steers away from, in place of the empty caption (e.g. \"cataract, hazy media\")")
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="apply guidance only at times LOW < t <= HIGH (t = 1 is noise; default: the model's, 0 1)")
+    p.add_argument("--autoguidance", type=float, metavar="W",
+                   help="autoguidance scale: also guide away from the model's weaker guide network given the same "
+                        "prompt (Karras et al. 2024), v += (W - 1)(v - v_guide); 1 turns it off (default: the model's)")
     p.add_argument("--sampler", help="euler | heun | midpoint (default euler)")
     p.add_argument("--time-shift", type=float, help="SD3 time shift of the sampling schedule: above 1 spends more "
                    "steps at high noise, where the layout forms (default: the model's, 1.0)")
@@ -226,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the model it holds now (mid-training: the denoiser's latest EMA checkpoint)")
     p.add_argument("src", help="a model folder, or a training run folder (recipe.json, checkpoints)")
     p.add_argument("dst")
+    p.add_argument("--guide", metavar="FOLDER", help="a model or run folder (e.g. an earlier export of the same run) "
+                   "whose denoiser becomes the copy's guide network for `generate --autoguidance W`")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sources", help="list the dataset adapters")

@@ -132,6 +132,66 @@ def test_a_guidance_interval_changes_the_draw_and_is_recorded_and_resumes(live_m
     assert main(args) == 0 and (out / "000_seed2.png").stat().st_mtime_ns == stamp  # a re-run keeps the image
 
 
+@pytest.fixture(scope="module")
+def guided_model(live_model, tmp_path_factory):
+    """The live model with a guide network: its denoiser before the perturbation (a 'weaker' copy)."""
+    base = FundusGen.from_pretrained(live_model)
+    pipe = FundusGen.from_pretrained(live_model)
+    pipe.guide = base.denoiser
+    import torch
+    torch.manual_seed(1)
+    for p in pipe.guide.parameters():
+        p.data.add_(0.2 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("models") / "guided"
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_autoguidance_guides_away_from_the_guide_network_and_is_recorded(live_model, guided_model, tmp_path):
+    import torch
+    from fundusgen.model.flow import guided
+    pipe = FundusGen.from_pretrained(guided_model)
+    assert (guided_model / "guide" / "config.json").is_file() and pipe.guide is not None
+    off = pipe("left eye", seed=2)  # the model's default: autoguidance 1, off
+    same = FundusGen.from_pretrained(live_model)("left eye", seed=2)  # the model without a guide draws the same
+    auto = pipe("left eye", seed=2, autoguidance=2.0)
+    only = pipe("left eye", seed=2, autoguidance=2.0, guidance=1.0)
+    assert off.metadata[0]["autoguidance"] == 1.0 and auto.metadata[0]["autoguidance"] == 2.0
+    assert np.array_equal(np.asarray(off.images[0]), np.asarray(same.images[0]))
+    assert not np.array_equal(np.asarray(off.images[0]), np.asarray(auto.images[0]))
+    assert not np.array_equal(np.asarray(auto.images[0]), np.asarray(only.images[0]))
+    # both terms add: v = v_c + (s - 1)(v_c - v_u) + (w - 1)(v_c - v_g)
+    vc, vu, vg = (torch.full((1, 4, 2, 2), x) for x in (2.0, 1.0, 1.5))
+    assert torch.allclose(guided(lambda x, t: (vc, vu, vg), (4.0, 3.0))(None, None), torch.full_like(vc, 6.0))
+    out = tmp_path / "ag"
+    assert main(["generate", "left eye", "-n", "1", "--seed", "2", "--autoguidance", "2", "-o", str(out),
+                 "--model", str(guided_model), "--quiet"]) == 0
+    assert json.loads((out / "000_seed2.json").read_text())["autoguidance"] == 2.0
+    assert np.array_equal(np.asarray(Image.open(out / "000_seed2.png").convert("RGB")), np.asarray(auto.images[0]))
+    with pytest.raises(FundusgenError, match="needs a guide network"):
+        FundusGen.from_pretrained(live_model)("left eye", autoguidance=2.0)
+    with pytest.raises(FundusgenError, match="autoguidance must be"):
+        pipe("left eye", autoguidance=-1.0)
+
+
+def test_export_puts_another_models_denoiser_in_as_the_guide(model_dir, live_model, tmp_path, capsys):
+    import torch
+    dst = tmp_path / "with_guide"
+    assert main(["export", str(live_model), str(dst), "--guide", str(model_dir)]) == 0
+    pipe, weak = FundusGen.from_pretrained(dst), FundusGen.from_pretrained(model_dir)
+    assert pipe.guide is not None
+    for p, q in zip(pipe.guide.parameters(), weak.denoiser.parameters()):
+        assert torch.allclose(p, q.half().float())  # float16, like the rest of an export
+    assert pipe("left eye", autoguidance=2.0).metadata[0]["autoguidance"] == 2.0
+    other = tmp_path / "other"  # a guide of another patch size cannot read the same latents
+    from fundusgen.model.dit import DiT
+    base = FundusGen.from_pretrained(model_dir)
+    base.denoiser = DiT(hidden_size=32, depth=1, num_heads=2, text_dim=384, patch_size=4)
+    base.save_pretrained(other)
+    assert main(["export", str(live_model), str(tmp_path / "bad"), "--guide", str(other)]) == 2
+    assert "does not match the denoiser" in capsys.readouterr().err
+
+
 def test_attributes_become_a_caption(model_dir, tmp_path):
     out = tmp_path / "attrs"
     assert main(["generate", "--eye", "left", "--dr-grade", "2", "-n", "1", "-o", str(out), "--model",

@@ -52,22 +52,36 @@ def schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
     return shift_t(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
-def guided(velocity_pair: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-           scale: float, interval: tuple[float, float] = (0.0, 1.0),
+def guided(velocities: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+           scale: float | tuple[float, ...], interval: tuple[float, float] = (0.0, 1.0),
            conditional: Velocity | None = None) -> Velocity:
-    """Classifier-free guidance (Ho & Salimans 2022) on every latent channel:
-    v = v_u + s (v_c - v_u), with ``velocity_pair(x, t) -> (v_c, v_u)`` (one batched pass).
+    """Guidance on every latent channel: v = v_c + sum_k (s_k - 1) (v_c - v_k), with
+    ``velocities(x, t) -> (v_c, v_1, ...)`` and one scale s_k per reference velocity v_k.
+
+    With one reference, the unconditional velocity v_u, this is classifier-free guidance (Ho &
+    Salimans 2022), v = v_u + s (v_c - v_u). With the same caption given to a weaker version of the
+    network as the reference, it is autoguidance (Karras et al. 2024), v = v_g + w (v_c - v_g): it
+    pushes away from what the weaker network gets wrong rather than from the average image. Both
+    references at once add both terms.
 
     Guidance in an interval (Kynkaanniemi et al. 2024): only at times low < t <= high; elsewhere
-    v = v_c, from ``conditional(x, t)`` (one unbatched pass) when given."""
+    v = v_c, from ``conditional(x, t)`` (the conditional pass alone) when given."""
+    scales = (scale,) if isinstance(scale, (int, float)) else tuple(scale)
     low, high = interval
     always = low <= 0.0 and high >= 1.0
 
     def v(x, t):
         if not always and not low < float(t[0]) <= high:
-            return conditional(x, t) if conditional is not None else velocity_pair(x, t)[0]
-        vc, vu = velocity_pair(x, t)
-        return vu + scale * (vc - vu)
+            return conditional(x, t) if conditional is not None else velocities(x, t)[0]
+        vc, *refs = velocities(x, t)
+        if len(refs) != len(scales):
+            raise ValueError(f"{len(refs)} reference velocities for {len(scales)} guidance scales")
+        if len(refs) == 1:  # written as v_r + s (v_c - v_r): the same floats as before there were two
+            return refs[0] + scales[0] * (vc - refs[0])
+        out = vc
+        for s, vr in zip(scales, refs):
+            out = out + (s - 1) * (vc - vr)
+        return out
     return v
 
 

@@ -4,6 +4,8 @@ A model folder, diffusers-style:
     model_index.json        what the parts are, sampling defaults
     autoencoder/            config.json + diffusion_pytorch_model.safetensors
     denoiser/               config.json + diffusion_pytorch_model.safetensors (EMA weights)
+    guide/                  optional: a weaker denoiser of the same latents and captions (an earlier,
+                            shorter-trained checkpoint) for autoguidance (Karras et al. 2024)
     README.md               the model card
 The text encoder is named in model_index.json ('minilm' = the bundled MiniLM, or a path/hub id).
 """
@@ -25,6 +27,7 @@ from fundusgen.model.flow import SAMPLERS, guided, known_region, schedule
 from fundusgen.model.text_encoder import TextEncoder
 
 MODEL_INDEX = "model_index.json"
+GUIDE = "guide"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 # 'circle': every image gets the circular field of view of a preprocessed photograph (the
 # disk inscribed in the square, black outside): the latents outside it are pinned to those of
@@ -35,6 +38,14 @@ APERTURES = ("none", "circle")
 _FUNDUS_RGB = (0.2, -0.45, -0.75)
 
 
+def check_guide(denoiser: DiT, guide: DiT, where) -> None:
+    """A guide network must read the same latents and captions as the denoiser it guides."""
+    keys = ("in_channels", "patch_size", "text_dim")
+    if any(getattr(guide.config, k) != getattr(denoiser.config, k) for k in keys):
+        raise FundusgenError(f"{where}: the guide network does not match the denoiser "
+                             "(latent channels, patch size and text width must be the same)")
+
+
 @dataclass
 class GenerationResult:
     images: list[Image.Image]
@@ -43,9 +54,10 @@ class GenerationResult:
 
 class FundusGen:
     def __init__(self, autoencoder: FundusAutoencoder, denoiser: DiT, text_encoder: TextEncoder, config: dict,
-                 name: str = "fundusgen"):
+                 name: str = "fundusgen", guide: DiT | None = None):
         self.autoencoder = autoencoder.eval()
         self.denoiser = denoiser.eval()
+        self.guide = guide.eval() if guide is not None else None
         self.text_encoder = text_encoder
         self.config = config
         self.name = name
@@ -68,20 +80,26 @@ class FundusGen:
         try:
             ae = FundusAutoencoder.from_pretrained(str(path / "autoencoder"), torch_dtype=dtype)
             dit = DiT.from_pretrained(str(path / "denoiser"), torch_dtype=dtype)
+            guide = DiT.from_pretrained(str(path / GUIDE), torch_dtype=dtype) if (path / GUIDE).is_dir() else None
         except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
             raise FundusgenError(f"{path}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
         te = TextEncoder(config.get("text_encoder", "minilm"), device=device)
-        return cls(ae.to(device), dit.to(device), te, config, name=config.get("name", path.name))
+        if guide is not None:
+            check_guide(dit, guide, path / GUIDE)
+        return cls(ae.to(device), dit.to(device), te, config, name=config.get("name", path.name),
+                   guide=guide.to(device) if guide is not None else None)
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.autoencoder.save_pretrained(str(path / "autoencoder"), safe_serialization=True)
         self.denoiser.save_pretrained(str(path / "denoiser"), safe_serialization=True)
+        if self.guide is not None:
+            self.guide.save_pretrained(str(path / GUIDE), safe_serialization=True)
         (path / MODEL_INDEX).write_text(json.dumps({"_class_name": "FundusGen", **self.config}, indent=2))
 
     def _check(self, prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift,
-               negatives=(), interval=(0.0, 1.0)):
+               negatives=(), interval=(0.0, 1.0), autoguidance=1.0):
         if not 0.1 <= time_shift <= 10.0:
             raise FundusgenError(f"time shift must be 0.1-10 (got {time_shift})")
         lo, hi = interval
@@ -98,6 +116,11 @@ class FundusGen:
             raise FundusgenError(f"steps must be 1-1000 (got {steps})")
         if not 0.0 <= guidance <= 30.0:
             raise FundusgenError(f"guidance must be 0-30 (got {guidance})")
+        if not 0.0 <= autoguidance <= 30.0:
+            raise FundusgenError(f"autoguidance must be 0-30 (got {autoguidance})")
+        if autoguidance != 1.0 and self.guide is None:
+            raise FundusgenError(f"autoguidance {autoguidance} needs a guide network, and model {self.name!r} has "
+                                 f"none (no {GUIDE}/ folder); use 1 (off)")
         f = self.autoencoder.downsampling_factor * self.denoiser.config.patch_size
         if resolution % f or not f <= resolution <= 2048:
             raise FundusgenError(f"resolution must be a multiple of {f} up to 2048 (got {resolution})")
@@ -111,8 +134,8 @@ class FundusGen:
                  guidance: float | None = None, sampler: str | None = None, resolution: int | None = None,
                  aperture: str | None = None, time_shift: float | None = None,
                  negative_prompt: str | list[str] | None = None,
-                 guidance_interval: tuple[float, float] | None = None, batch_size: int = 4,
-                 callback=None) -> GenerationResult:
+                 guidance_interval: tuple[float, float] | None = None, autoguidance: float | None = None,
+                 batch_size: int = 4, callback=None) -> GenerationResult:
         """``num_images`` images per prompt. Image i of a call uses seed + i, so a given
         (prompt, seed) gives the same image whatever the batch or count (up to one grey level when
         one batch mixes negative prompts of different lengths: float sums round differently).
@@ -120,7 +143,10 @@ class FundusGen:
         ``negative_prompt`` (one, or one per prompt) replaces the empty caption of the guidance's
         unconditional branch, so guidance pushes away from it (``""``: plain classifier-free
         guidance). ``guidance_interval`` (low, high) applies guidance only at times low < t <= high
-        (t = 1 is noise) and the conditional velocity alone elsewhere (Kynkaanniemi et al. 2024)."""
+        (t = 1 is noise) and the conditional velocity alone elsewhere (Kynkaanniemi et al. 2024).
+        ``autoguidance`` w (1: off) adds w - 1 times the difference between the denoiser's velocity and
+        its weaker guide network's for the same caption (Karras et al. 2024; the model folder's
+        ``guide/``), on top of classifier-free guidance (``guidance`` 1 leaves autoguidance alone)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         one = negative_prompt is None or isinstance(negative_prompt, str)
         negatives = [n or "" for n in ([negative_prompt] * len(prompts) if one else negative_prompt)]  # None: ""
@@ -131,12 +157,13 @@ class FundusGen:
                          else guidance_interval)
         steps = self.config.get("steps", 25) if steps is None else steps
         guidance = self.config.get("guidance", 4.0) if guidance is None else guidance
+        autoguidance = self.config.get("autoguidance", 1.0) if autoguidance is None else autoguidance
         sampler = sampler or self.config.get("sampler", "euler")
         resolution = resolution or self.config.get("resolution", 256)
         aperture = aperture or self.config.get("aperture", "none")
         time_shift = self.config.get("time_shift", 1.0) if time_shift is None else time_shift
         self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift, negatives,
-                    interval)
+                    interval, autoguidance)
         jobs = [(p, n, seed + i) for p, n in zip(prompts, negatives) for i in range(num_images)]
         images, meta = [], []
         done = 0
@@ -144,19 +171,22 @@ class FundusGen:
             chunk = jobs[start:start + batch_size]
             states, mask = self.text_encoder.encode([p for p, _, _ in chunk])
             null_states, null_mask = self.text_encoder.encode([n for _, n, _ in chunk])
-            x = self._sample(states, mask, null_states, null_mask, [s for _, _, s in chunk], steps, guidance,
-                             sampler, resolution, aperture, time_shift, interval, callback=None if callback is None
+            x = self._sample(states, mask, null_states, null_mask, [s for _, _, s in chunk], steps,
+                             (guidance, autoguidance), sampler, resolution, aperture, time_shift, interval,
+                             callback=None if callback is None
                              else (lambda i, n, base=done, k=len(chunk): callback(base + k * i / n, len(jobs))))
             done += len(chunk)
             for (p, n, s), img in zip(chunk, self._to_pil(x)):
                 images.append(img)
                 meta.append({"prompt": p, "seed": s, "steps": steps, "guidance": guidance, "sampler": sampler,
                              "resolution": resolution, "aperture": aperture, "time_shift": time_shift,
-                             "negative_prompt": n, "guidance_interval": list(interval), "model": self.name})
+                             "negative_prompt": n, "guidance_interval": list(interval),
+                             "autoguidance": autoguidance, "model": self.name})
         return GenerationResult(images, meta)
 
     def _sample(self, states, mask, null_states, null_mask, seeds, steps, guidance, sampler, resolution, aperture,
                 time_shift, interval, callback):
+        """Latents sampled and decoded; ``guidance`` = (classifier-free scale, autoguidance scale)."""
         dev, dtype = self.device, next(self.denoiser.parameters()).dtype
         c = self.denoiser.config.in_channels
         side = resolution // self.autoencoder.downsampling_factor
@@ -174,12 +204,21 @@ class FundusGen:
         def conditional(x, t):
             return self.denoiser(x, t, text[:b], text_mask[:b])
 
-        def velocity_pair(x, t):
-            # one batched pass for conditional and unconditional velocities
-            v = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), text, text_mask)
-            return v[:b], v[b:]
+        cfg, auto = guidance
 
-        v = conditional if guidance == 1.0 else guided(velocity_pair, guidance, interval, conditional)
+        def velocities(x, t):
+            # (conditional, unconditional: one batched pass; then the guide network on the caption)
+            if cfg != 1.0:
+                v = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), text, text_mask)
+                out = (v[:b], v[b:])
+            else:
+                out = (conditional(x, t),)
+            if auto != 1.0:
+                out += (self.guide(x, t, text[:b], text_mask[:b]),)
+            return out
+
+        scales = tuple(s for s in (cfg, auto) if s != 1.0)
+        v = guided(velocities, scales, interval, conditional) if scales else conditional
         if aperture == "circle":
             surround, known, disk = self._aperture(resolution)
             v = known_region(v, x, surround.to(x), known)

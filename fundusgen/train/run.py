@@ -98,13 +98,21 @@ def model_from_run(run: str | Path) -> FundusGen:
     return pipe
 
 
-def export_fp16(src: str | Path, dst: str | Path) -> dict:
+def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = None) -> dict:
     """Copy a model folder, or what a training run folder holds now (``model_from_run``), with its
     weights in float16 (half the size; loads back as float32). Returns the written model's config
-    (with ``checkpoint``, the stage and step, when it was taken from a run still training)."""
-    src = Path(src)
-    pipe = model_from_run(src) if (src / "recipe.json").is_file() else FundusGen.from_pretrained(src)
-    pipe.autoencoder.half()
-    pipe.denoiser.half()
+    (with ``checkpoint``, the stage and step, when it was taken from a run still training).
+
+    ``guide``: a model or run folder whose denoiser becomes the copy's guide network for
+    autoguidance (``generate --autoguidance W``), typically an earlier export of the same run."""
+    from fundusgen.model.pipeline import check_guide
+    load = lambda p: model_from_run(p) if (Path(p) / "recipe.json").is_file() else FundusGen.from_pretrained(p)
+    pipe = load(Path(src))
+    if guide is not None:
+        pipe.guide = load(Path(guide)).denoiser.eval()
+        check_guide(pipe.denoiser, pipe.guide, guide)
+    for part in (pipe.autoencoder, pipe.denoiser, pipe.guide):
+        if part is not None:
+            part.half()
     pipe.save_pretrained(dst)
     return pipe.config
