@@ -76,14 +76,18 @@ def test_a_sampling_time_shift_changes_the_draw_and_is_recorded(model_dir, tmp_p
     assert np.array_equal(np.asarray(Image.open(out / "000_seed2.png").convert("RGB")), np.asarray(shifted.images[0]))
 
 
+def _perturb(network, seed: int):
+    import torch
+    torch.manual_seed(seed)
+    for p in network.parameters():
+        p.data.add_(0.2 * torch.randn_like(p))
+
+
 @pytest.fixture(scope="module")
 def live_model(model_dir, tmp_path_factory):
     """The tiny model with its adaLN-zero weights perturbed, so that the caption changes the velocity."""
-    import torch
     pipe = FundusGen.from_pretrained(model_dir)
-    torch.manual_seed(0)
-    for p in pipe.denoiser.parameters():
-        p.data.add_(0.2 * torch.randn_like(p))
+    _perturb(pipe.denoiser, 0)
     path = tmp_path_factory.mktemp("models") / "live"
     pipe.save_pretrained(path)
     return path
@@ -134,14 +138,10 @@ def test_a_guidance_interval_changes_the_draw_and_is_recorded_and_resumes(live_m
 
 @pytest.fixture(scope="module")
 def guided_model(live_model, tmp_path_factory):
-    """The live model with a guide network: its denoiser before the perturbation (a 'weaker' copy)."""
-    base = FundusGen.from_pretrained(live_model)
+    """The live model with a guide network: a copy of its denoiser, perturbed again (another network)."""
     pipe = FundusGen.from_pretrained(live_model)
-    pipe.guide = base.denoiser
-    import torch
-    torch.manual_seed(1)
-    for p in pipe.guide.parameters():
-        p.data.add_(0.2 * torch.randn_like(p))
+    pipe.guide = FundusGen.from_pretrained(live_model).denoiser
+    _perturb(pipe.guide, 1)
     path = tmp_path_factory.mktemp("models") / "guided"
     pipe.save_pretrained(path)
     return path
