@@ -76,7 +76,7 @@ def guided(velocities: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor
         vc, *refs = velocities(x, t)
         if len(refs) != len(scales):
             raise ValueError(f"{len(refs)} reference velocities for {len(scales)} guidance scales")
-        if len(refs) == 1:  # written as v_r + s (v_c - v_r): the same floats as before there were two
+        if len(refs) == 1:  # the classic form v_r + s (v_c - v_r): the same floats, so the same images, as before
             return refs[0] + scales[0] * (vc - refs[0])
         out = vc
         for s, vr in zip(scales, refs):

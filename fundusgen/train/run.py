@@ -14,7 +14,7 @@ import torch
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.dit import DiT
-from fundusgen.model.pipeline import FundusGen
+from fundusgen.model.pipeline import FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
 from fundusgen.train.cache import build_cache, load_cache
@@ -105,7 +105,6 @@ def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = Non
 
     ``guide``: a model or run folder whose denoiser becomes the copy's guide network for
     autoguidance (``generate --autoguidance W``), typically an earlier export of the same run."""
-    from fundusgen.model.pipeline import check_guide
     load = lambda p: model_from_run(p) if (Path(p) / "recipe.json").is_file() else FundusGen.from_pretrained(p)
     pipe = load(Path(src))
     if guide is not None:
