@@ -136,8 +136,6 @@ def test_summarise_counts_coverage_at_each_confidence():
 def test_evaluate_scores_against_corrected_and_source_labels(tmp_path):
     """skimage's retina (a left eye) and its mirror: photo c's source called it a right eye and an
     erratum corrected it, so the report scores each method against both and names photo c."""
-    import json as _json
-
     from fundusgen.data import shards
     from fundusgen.data.record import FundusRecord
     image, fov = retina_square(256)
@@ -148,7 +146,7 @@ def test_evaluate_scores_against_corrected_and_source_labels(tmp_path):
         meta = {"key": f"fixture__{rid}", "split": "test", "record": record.to_json()}
         im, mask = (image[:, ::-1].copy(), fov[:, ::-1].copy()) if flip else (image, fov)
         samples.append({"__key__": f"fixture__{rid}", "jpg": shards.encode_image(im),
-                        "fov.png": shards.encode_png(mask.astype("uint8") * 255), "json": _json.dumps(meta)})
+                        "fov.png": shards.encode_png(mask.astype("uint8") * 255), "json": json.dumps(meta)})
     shards.write_shard(tmp_path / "shards" / "fundus-000000.tar", samples)
     report = lat.evaluate(tmp_path, lat.shipped_laterality_net(), datasets=("fixture",), progress=False)["fixture"]
     assert report["network"]["test"]["accuracy"] == 1.0

@@ -184,9 +184,9 @@ class FundusGen:
                              "autoguidance": autoguidance, "model": self.name})
         return GenerationResult(images, meta)
 
-    def _sample(self, states, mask, null_states, null_mask, seeds, steps, guidance, sampler, resolution, aperture,
+    def _sample(self, states, mask, null_states, null_mask, seeds, steps, scales, sampler, resolution, aperture,
                 time_shift, interval, callback):
-        """Latents sampled and decoded; ``guidance`` = (classifier-free scale, autoguidance scale)."""
+        """Latents sampled and decoded; ``scales`` = (classifier-free scale, autoguidance scale)."""
         dev, dtype = self.device, next(self.denoiser.parameters()).dtype
         c = self.denoiser.config.in_channels
         side = resolution // self.autoencoder.downsampling_factor
@@ -204,7 +204,7 @@ class FundusGen:
         def conditional(x, t):
             return self.denoiser(x, t, text[:b], text_mask[:b])
 
-        cfg, auto = guidance
+        cfg, auto = scales
 
         def velocities(x, t):
             # (conditional, unconditional: one batched pass; then the guide network on the caption)
@@ -217,8 +217,8 @@ class FundusGen:
                 out += (self.guide(x, t, text[:b], text_mask[:b]),)
             return out
 
-        scales = tuple(s for s in (cfg, auto) if s != 1.0)
-        v = guided(velocities, scales, interval, conditional) if scales else conditional
+        active = tuple(s for s in (cfg, auto) if s != 1.0)
+        v = guided(velocities, active, interval, conditional) if active else conditional
         if aperture == "circle":
             surround, known, disk = self._aperture(resolution)
             v = known_region(v, x, surround.to(x), known)

@@ -98,6 +98,14 @@ def model_from_run(run: str | Path) -> FundusGen:
     return pipe
 
 
+def _denoiser_folder(model: Path) -> DiT:
+    """The denoiser of a model folder, or one clear error."""
+    try:
+        return DiT.from_pretrained(str(model / "denoiser"))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise FundusgenError(f"{model}: no loadable denoiser/ ({str(e).splitlines()[0][:200]})") from None
+
+
 def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = None) -> dict:
     """Copy a model folder, or what a training run folder holds now (``model_from_run``), with its
     weights in float16 (half the size; loads back as float32). Returns the written model's config
@@ -108,7 +116,9 @@ def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = Non
     load = lambda p: model_from_run(p) if (Path(p) / "recipe.json").is_file() else FundusGen.from_pretrained(p)
     pipe = load(Path(src))
     if guide is not None:
-        pipe.guide = load(Path(guide)).denoiser.eval()
+        # a model folder's denoiser alone: loading its whole pipeline would load a second text encoder
+        pipe.guide = (load(Path(guide)).denoiser if (Path(guide) / "recipe.json").is_file()
+                      else _denoiser_folder(Path(guide))).eval()
         check_guide(pipe.denoiser, pipe.guide, guide)
     for part in (pipe.autoencoder, pipe.denoiser, pipe.guide):
         if part is not None:
