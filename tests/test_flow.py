@@ -56,6 +56,22 @@ def test_rectified_flow_loss_is_positive_for_a_wrong_velocity():
     assert float(loss) > 0.5
 
 
+def test_a_spatial_weight_averages_the_squared_error_with_its_weights():
+    def model(x, t, text, mask):  # wrong everywhere except in the left column of every latent
+        v = torch.zeros_like(x)
+        v[..., 0] = 5.0
+        return v
+    x0 = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+    loss = lambda w: float(RectifiedFlowLoss()(model, x0, None, None, torch.Generator().manual_seed(0), 1.0, w))
+    plain = loss(None)
+    assert loss(torch.ones(3, 1, 2, 2)) == pytest.approx(plain, rel=1e-6)  # uniform weights: the plain mean
+    assert loss(torch.full((3, 1, 2, 2), 7.0)) == pytest.approx(plain, rel=1e-6)  # the scale of the weights cancels
+    left, right = torch.zeros(3, 1, 2, 2), torch.zeros(3, 1, 2, 2)
+    left[..., 0], right[..., 1] = 1.0, 1.0
+    assert loss(left) > 10 * loss(right)  # only the weighted cells count
+    assert loss(1 + 4 * left) > plain > loss(1 + 4 * right)
+
+
 def test_the_loss_trains_at_time_shifted_timesteps():
     seen = {}
 

@@ -128,6 +128,53 @@ def test_a_refiner_trains_alone_on_a_trained_transformer_given_by_init(prepared,
     assert "refiner_channels" in capsys.readouterr().err
 
 
+def test_a_vessel_weighted_loss_caches_vessel_maps_once_and_mirrors_them_with_the_latents(prepared, tmp_path, capsys):
+    from fundusgen.train.cache import build_vessel_maps, load_cache
+    from fundusgen.train.config import StageConfig
+    from fundusgen.train.denoiser import make_batch
+    stage = {"name": "highres", "resolution": 64, "subset": "all", "steps": 4, "batch_size": 8, "lr": 1e-3, "warmup": 0}
+    denoiser = {**TINY["denoiser"], "vessel_weight": 4.0, "stages": [stage]}
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(_recipe(tmp_path / "v.yaml", prepared, run, denoiser=denoiser)), "--quiet"]) == 0
+    assert len(json.loads((run / "denoiser" / "loss_history.json").read_text())) == 4
+    cache, info = load_cache(run / "cache.safetensors")
+    maps = load_file(run / "vessels.safetensors")["vessels_64"].float()
+    latents = cache["latents_64"].float()
+    assert maps.shape == (latents.shape[0], 1, *latents.shape[-2:])
+    assert 0 <= float(maps.min()) and float(maps.max()) <= 1
+    means = maps.mean(dim=(1, 2, 3))
+    assert float(means.min()) > 0.01  # skimage's retina has vessels; the network finds them in every copy
+    # the fixture's odd copies are mirrored photographs: their maps are the mirror of the others'
+    assert not torch.allclose(maps[0], maps[0].flip(-1), atol=0.02)
+
+    # each drawn latent carries its own map, mirrored when the latent is
+    cache["vessels_64"] = maps.half()
+    x0, _, _, weight = make_batch(cache, info, torch.arange(len(maps)), StageConfig(**stage), 0.0, True,
+                                  torch.Generator().manual_seed(3), vessel_weight=4.0)
+    flips = 0
+    for b in range(len(x0)):
+        i, flipped = next((i, f) for i in range(len(latents)) for f in (False, True)
+                          if torch.equal(x0[b], latents[i].flip(-1) if f else latents[i]))
+        assert torch.allclose(weight[b], 1 + 4 * (maps[i].flip(-1) if flipped else maps[i]))
+        flips += flipped
+    assert 0 < flips < len(x0)
+    assert make_batch(cache, info, torch.arange(len(maps)), StageConfig(**stage), 0.0, True,
+                      torch.Generator().manual_seed(3))[3] is None  # no weight unless asked
+
+    before = (run / "vessels.safetensors").stat().st_mtime_ns  # cached: a second build reads nothing again
+    build_vessel_maps(prepared, run, info["keys"], {64: latents.shape[-1]}, progress=False)
+    assert (run / "vessels.safetensors").stat().st_mtime_ns == before
+
+    negative = {**denoiser, "vessel_weight": -1}
+    assert main(["train", "--config", str(_recipe(tmp_path / "n.yaml", prepared, tmp_path / "n", denoiser=negative)),
+                 "--quiet"]) == 2
+    assert "vessel_weight must be 0 or more" in capsys.readouterr().err
+    diffusers = _recipe(tmp_path / "d.yaml", prepared, tmp_path / "d", denoiser=denoiser, base_pipeline=str(tmp_path))
+    assert main(["train", "--config", str(diffusers), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vessel_weight" in err[0] and "base_pipeline" in err[0]
+
+
 def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsys):
     bad = tmp_path / "typo.yaml"
     bad.write_text("denoiser:\n  caption_dropuot: 0.2\n")

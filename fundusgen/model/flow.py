@@ -31,19 +31,27 @@ def shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 class RectifiedFlowLoss:
     """L = E_{t, eps} || v_theta(x_t, t, c) - (eps - x_0) ||^2, with t drawn from ``timestep_sampling``
-    and then time-shifted (``shift``, per call: a recipe's high-resolution stage trains shifted)."""
+    and then time-shifted (``shift``, per call: a recipe's high-resolution stage trains shifted).
+
+    With ``weight`` (B, 1, h, w), a spatial weight per latent cell, the squared error is averaged with
+    those weights, L = sum w ||v_theta - (eps - x_0)||^2 / (C sum w): the loss keeps its scale, and
+    cells that weigh more (vessels, ``denoiser.vessel_weight``) count more."""
 
     def __init__(self, timestep_sampling: str = "logit_normal"):
         self.timestep_sampling = timestep_sampling
 
     def __call__(self, model, x0: torch.Tensor, text, text_mask, g: torch.Generator,
-                 shift: float = 1.0) -> torch.Tensor:
+                 shift: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
         t = shift_t(sample_t(x0.shape[0], g, self.timestep_sampling), shift).to(x0)
         eps = torch.randn(x0.shape, generator=g).to(x0)
         te = t.view(-1, 1, 1, 1)
         x_t = (1 - te) * x0 + te * eps
         v = model(x_t, t, text, text_mask)
-        return ((v.float() - (eps - x0).float()) ** 2).mean()
+        squared = (v.float() - (eps - x0).float()) ** 2
+        if weight is None:
+            return squared.mean()
+        weight = weight.float().expand_as(squared)
+        return (weight * squared).sum() / weight.sum()
 
 
 def schedule(steps: int, shift: float = 1.0) -> torch.Tensor:

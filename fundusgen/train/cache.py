@@ -6,19 +6,28 @@ measure`` has run on the folder, of its measurements; for images with a known ey
 captions with left and right swapped, for horizontally flipped training samples), and whether
 ``fundusgen purify`` kept it (the purified subset of the later stages). Captions are
 deduplicated before encoding: label-derived captions repeat a lot.
+
+A recipe that weighs its loss by vessels (``denoiser.vessel_weight``) also caches, per image and
+resolution, the vessel network's probability averaged over each latent cell (``vessels.safetensors``,
+beside the cache: added to an existing cache without re-encoding it).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from fundusgen.caption.template import describe
+from fundusgen.data.shards import iter_samples
+from fundusgen.errors import FundusgenError
 from fundusgen.measure.run import read_measurements
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.text_encoder import TextEncoder
@@ -83,6 +92,43 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
     return save_cache(path, tensors, metas, unique, variants, kept)
 
 
+@torch.no_grad()
+def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
+                      progress: bool = True) -> Path:
+    """``vessels_{res}`` (N, 1, side, side), float16: the fraction of each latent cell that is vessel,
+    by the project's vessel network (``fundusgen.measure.vessels``; its probability, so a faint vessel
+    counts in part), in the order of the cache's ``keys``. The network reads each prepared image at its
+    stored size (the scale it was trained at) inside the image's field of view; the map is then
+    averaged down to the latent grid of every resolution the recipe trains at."""
+    from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
+    path = out / "vessels.safetensors"
+    if path.exists():
+        with safe_open(str(path), "pt") as f:
+            same = json.loads(f.metadata()["keys"]) == keys and all(f"vessels_{r}" in f.keys() for r in latent_sides)
+        if same:
+            return path
+    net = shipped_vessel_net()
+    if net is None:
+        raise FundusgenError("denoiser.vessel_weight needs the vessel network's weights, which this install lacks "
+                             "(fundusgen/measure/weights/vessels)")
+    row = {k: i for i, k in enumerate(keys)}
+    maps: dict[int, torch.Tensor] = {r: torch.zeros(len(keys), 1, s, s, dtype=torch.float16) for r, s in latent_sides.items()}
+    seen = 0
+    for sample in tqdm(iter_samples(data, "train", keep=lambda m: m["key"] in row), total=len(keys),
+                       desc="vessel maps", unit="img", disable=not progress):
+        prob = torch.from_numpy(network_vessels(net, sample["image"], sample["fov"])[0])[None, None].float()
+        for r, side in latent_sides.items():
+            maps[r][row[sample["key"]]] = F.adaptive_avg_pool2d(prob, side)[0].half()
+        seen += 1
+    if seen != len(keys):
+        raise FundusgenError(f"{data}: {len(keys) - seen} cached training images are no longer in the folder; "
+                             f"delete {out / 'cache.safetensors'} to rebuild the cache")
+    tmp = path.with_suffix(".tmp")
+    save_file({f"vessels_{r}": m for r, m in maps.items()}, str(tmp), metadata={"keys": json.dumps(keys)})
+    os.replace(tmp, path)
+    return path
+
+
 def caption_sources(data: str | Path) -> tuple[dict[str, dict], set[str] | None]:
     """What a prepared folder adds to its labels: measurements per image key (``fundusgen
     measure``; empty when it was not measured) and the keys ``fundusgen purify`` kept (None
@@ -106,12 +152,13 @@ def save_cache(path: Path, tensors: dict[str, torch.Tensor], metas: list[dict], 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"keys": json.dumps([m["key"] for m in metas]), "captions": json.dumps(captions),
             "null_caption": str(captions.index("")), "variants": str(variants)}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+    tmp = path.with_suffix(".tmp")  # written aside and renamed: a killed build never leaves a cache that looks whole
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
     return path
 
 
 def load_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     return load_file(str(path)), {"keys": json.loads(meta["keys"]), "captions": json.loads(meta["captions"]),

@@ -100,6 +100,12 @@ class DenoiserTrainConfig:
     min_quality: float = 0.5     # purified subset: quality score at least this
     init: str | None = None      # start from this trained denoiser folder (e.g. a model's denoiser/); layers
                                  # it lacks (a refiner added since) keep their initialisation
+    vessel_weight: float = 0.0   # > 0: each latent cell's loss weighs 1 + vessel_weight x its vessel fraction
+                                 # (the vessel network's, cached once), so thin vessels are not averaged away
+
+    def __post_init__(self):
+        if not float(self.vessel_weight) >= 0:
+            raise ValueError(f"vessel_weight must be 0 or more, not {self.vessel_weight!r}")
 
 
 @dataclass

@@ -41,8 +41,10 @@ def subset_indices(cache: dict, stage: StageConfig, min_quality: float) -> torch
 
 
 def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConfig, dropout: float, flip: bool,
-               g: torch.Generator):
-    """Latents, caption states and mask for one step, all drawn from the step's generator."""
+               g: torch.Generator, vessel_weight: float = 0.0):
+    """Latents, caption states, mask and loss weights (None unless ``vessel_weight`` > 0: then
+    1 + vessel_weight x each latent cell's cached vessel fraction, mirrored with its latents) for one
+    step, all drawn from the step's generator."""
     b = stage.batch_size
     dev = cache["caption_ids"].device  # draws come from the CPU generator wherever the cache lives
     idx = idx_pool[torch.randint(len(idx_pool), (b,), generator=g)].to(dev)
@@ -53,7 +55,11 @@ def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConf
     cap = cache["caption_ids"][idx, variant * 2 + mirror.long()].long()
     drop = (torch.rand(b, generator=g) < dropout).to(dev)
     cap = torch.where(drop, torch.full_like(cap, info["null_caption"]), cap)
-    return x0, cache["text"][cap].float(), cache["text_mask"][cap].bool()
+    weight = None
+    if vessel_weight > 0:
+        vessels = cache[f"vessels_{stage.resolution}"][idx].float()
+        weight = 1.0 + vessel_weight * torch.where(mirror.view(-1, 1, 1, 1), vessels.flip(-1), vessels)
+    return x0, cache["text"][cap].float(), cache["text_mask"][cap].bool(), weight
 
 
 def lr_at(stage: StageConfig, step: int) -> float:
@@ -78,6 +84,9 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     for stage in dc.stages:
         if f"latents_{stage.resolution}" not in cache:
             raise FundusgenError(f"stage {stage.name!r}: no cached latents at {stage.resolution} px")
+        if dc.vessel_weight > 0 and f"vessels_{stage.resolution}" not in cache:
+            raise FundusgenError(f"stage {stage.name!r}: vessel_weight is set but no vessel maps are cached at "
+                                 f"{stage.resolution} px")
     acc = new_accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=dc.grad_accumulation)
     if any(s.train == "refiner" for s in dc.stages):
         if not dc.model.refiner_channels:
@@ -110,8 +119,9 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         cache = {k: v.to(acc.device) for k, v in cache.items()}
 
     def step_loss(stage, pool, g):
-        x0, text, mask = (t.to(acc.device) for t in make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g))
-        return loss_fn(model, x0, text, mask, g, stage.time_shift)
+        batch = make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g, dc.vessel_weight)
+        x0, text, mask, weight = (t if t is None else t.to(acc.device) for t in batch)
+        return loss_fn(model, x0, text, mask, g, stage.time_shift, weight)
 
     history = run_stages(cfg, acc, model, ema, opt, ckpt_path, (stage_i, step), cache, step_loss, out, "denoiser",
                          progress, lambda stage: set_trainable(acc.unwrap_model(model), stage))

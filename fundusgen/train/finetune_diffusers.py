@@ -195,6 +195,9 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     final = out / "pipeline"
     if (final / "model_index.json").exists():
         return final
+    if dc.vessel_weight > 0:  # its objectives (epsilon or flow) take no spatial weight yet
+        raise FundusgenError("denoiser.vessel_weight applies to fundusgen's own denoiser, not to a fine-tuned "
+                             "diffusers pipeline (base_pipeline): leave it at 0")
     pipe, family = load_pipeline(cfg.base_pipeline)
     multiple = _size_multiple(pipe, family)
     flow = "FlowMatch" in type(pipe.scheduler).__name__
@@ -237,7 +240,7 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     n_captions = cache["text"].shape[0]
     id_table = {**cache, "text": torch.arange(n_captions).view(-1, 1), "text_mask": torch.ones(n_captions, 1)}
     def step_loss(stage, pool, g):
-        x0, ids, _ = make_batch(id_table, info, pool, stage, dc.caption_dropout, dc.flip, g)
+        x0, ids, _, _ = make_batch(id_table, info, pool, stage, dc.caption_dropout, dc.flip, g)
         cap = ids[:, 0].long()
         text = cache["text"][cap].float().to(acc.device)
         pooled = cache["pooled"][cap].float().to(acc.device) if "pooled" in cache else None

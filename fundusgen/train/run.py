@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import FundusAutoencoder
@@ -17,7 +18,7 @@ from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
-from fundusgen.train.cache import build_cache, load_cache
+from fundusgen.train.cache import build_cache, build_vessel_maps, load_cache
 from fundusgen.train.checkpoint import load_checkpoint, stages_behind
 from fundusgen.train.config import RecipeConfig, recipe_from_dict
 from fundusgen.train.denoiser import train_denoiser
@@ -40,6 +41,9 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
     cache_path = build_cache(cfg.data, out, vae, text_encoder, resolutions, cfg.denoiser.caption_variants, progress,
                              exclude_datasets=cfg.exclude_datasets)
     cache, info = load_cache(cache_path)
+    if cfg.denoiser.vessel_weight > 0:
+        sides = {r: cache[f"latents_{r}"].shape[-1] for r in resolutions}
+        cache.update(load_file(build_vessel_maps(cfg.data, out, info["keys"], sides, progress)))
     dit_dir = train_denoiser(cfg, cache, info, text_encoder.dim, vae.config.latent_channels, progress)
     model_dir = out / "model"
     _assemble(out, cfg, vae.cpu(), DiT.from_pretrained(str(dit_dir)), text_encoder, max(resolutions)).save_pretrained(model_dir)
