@@ -100,11 +100,13 @@ def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides
     counts in part), in the order of the cache's ``keys``. The network reads each prepared image at its
     stored size (the scale it was trained at) inside the image's field of view; the map is then
     averaged down to the latent grid of every resolution the recipe trains at."""
+    from fundusgen.measure.attributes import weights_id
     from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
     path = out / "vessels.safetensors"
+    stamp = {"keys": json.dumps(keys), "weights": weights_id()}  # other images or other weights: made again
     if path.exists():
         with safe_open(str(path), "pt") as f:
-            same = json.loads(f.metadata()["keys"]) == keys and all(f"vessels_{r}" in f.keys() for r in latent_sides)
+            same = f.metadata() == stamp and all(f"vessels_{r}" in f.keys() for r in latent_sides)
         if same:
             return path
     net = shipped_vessel_net()
@@ -124,7 +126,7 @@ def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides
         raise FundusgenError(f"{data}: {len(keys) - seen} cached training images are no longer in the folder; "
                              f"delete {out / 'cache.safetensors'} to rebuild the cache")
     tmp = path.with_suffix(".tmp")
-    save_file({f"vessels_{r}": m for r, m in maps.items()}, str(tmp), metadata={"keys": json.dumps(keys)})
+    save_file({f"vessels_{r}": m for r, m in maps.items()}, str(tmp), metadata=stamp)
     os.replace(tmp, path)
     return path
 
