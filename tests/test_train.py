@@ -175,6 +175,12 @@ def test_a_vessel_weighted_loss_caches_vessel_maps_once_and_mirrors_them_with_th
     assert len(err) == 1 and "vessel_weight" in err[0] and "base_pipeline" in err[0]
 
 
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_reads_with_the_strict_key_check(recipe):
+    cfg = load_recipe(recipe)
+    assert cfg.denoiser.stages or cfg.autoencoder.steps  # each recipe trains something
+
+
 def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsys):
     bad = tmp_path / "typo.yaml"
     bad.write_text("denoiser:\n  caption_dropuot: 0.2\n")
