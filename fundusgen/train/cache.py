@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from fundusgen.caption.template import describe
-from fundusgen.data.shards import iter_samples
+from fundusgen.data.shards import atomic_write_file, iter_samples
 from fundusgen.errors import FundusgenError
 from fundusgen.measure.run import read_measurements
 from fundusgen.model.autoencoder import FundusAutoencoder
@@ -125,9 +124,7 @@ def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides
     if seen != len(keys):
         raise FundusgenError(f"{data}: {len(keys) - seen} cached training images are no longer in the folder; "
                              f"delete {out / 'cache.safetensors'} to rebuild the cache")
-    tmp = path.with_suffix(".tmp")
-    save_file({f"vessels_{r}": m for r, m in maps.items()}, str(tmp), metadata=stamp)
-    os.replace(tmp, path)
+    atomic_write_file(path, lambda tmp: save_file({f"vessels_{r}": m for r, m in maps.items()}, tmp, metadata=stamp))
     return path
 
 
@@ -154,9 +151,7 @@ def save_cache(path: Path, tensors: dict[str, torch.Tensor], metas: list[dict], 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"keys": json.dumps([m["key"] for m in metas]), "captions": json.dumps(captions),
             "null_caption": str(captions.index("")), "variants": str(variants)}
-    tmp = path.with_suffix(".tmp")  # written aside and renamed: a killed build never leaves a cache that looks whole
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write_file(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta))
     return path
 
 
