@@ -2,16 +2,21 @@
 same denoiser driven through diffusers' FlowMatchEulerDiscreteScheduler.
 
     python benchmarks/generate_speed.py [--model PATH] [--images 4] [--steps 25] [--guidance 4]
-                                        [--anatomy-retries 3 --checked-images 20]
+                                        [--pairs 8] [--anatomy-retries 3 --checked-images 20]
 
 Targets (issue 4, 2-core CPU, default model at 256 px, 25 steps, guidance on): at most 5 s per
 image, at most 2 GB peak memory, our loop no slower than diffusers' scheduler (ratio <= 1.05).
+
+The ratio is timed in interleaved pairs (one image by each loop, the same seed, the order swapped
+every pair) and reported as the median of the pairs' ratios with its range, so that a shared
+machine's slow spells, which last longer than one pair, fall on both loops alike.
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import resource
+import statistics
 import time
 
 import torch
@@ -27,6 +32,7 @@ def main():
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--pairs", type=int, default=8, help="interleaved image pairs timed for the ratio")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--anatomy-retries", type=int, default=0,
                     help="also time `generate --anatomy-retries K` (the anatomy check and its redraws)")
@@ -41,13 +47,13 @@ def main():
     pipe(prompt, num_images=1, steps=2, guidance=args.guidance)  # warm-up
     aperture = pipe.config.get("aperture", "none")
 
-    def ours(aperture):
-        t0 = time.perf_counter()
-        for i in range(args.images):
-            pipe(prompt, num_images=1, seed=i, steps=args.steps, guidance=args.guidance, aperture=aperture)
-        return (time.perf_counter() - t0) / args.images
-    per_image = ours(aperture)  # as `fundusgen generate` runs it
-    plain = ours("none") if aperture != "none" else per_image  # the same work as the diffusers loop below
+    def ours(seed, aperture="none"):
+        pipe(prompt, num_images=1, seed=seed, steps=args.steps, guidance=args.guidance, aperture=aperture)
+
+    t0 = time.perf_counter()
+    for i in range(args.images):
+        ours(i, aperture)  # as `fundusgen generate` runs it
+    per_image = (time.perf_counter() - t0) / args.images
     res = pipe.config.get("resolution", 256)
 
     # The same denoiser, the same guidance, stepped by diffusers' scheduler instead of sample_euler.
@@ -72,17 +78,27 @@ def main():
             x = sched.step(v, t, x).prev_sample
         return ae.decode(ae.denormalise(x))
 
+    def timed(run, seed):
+        t0 = time.perf_counter()
+        run(seed)
+        return time.perf_counter() - t0
+
     diffusers_loop(0)
-    t0 = time.perf_counter()
-    for i in range(args.images):
-        diffusers_loop(i)
-    per_image_diffusers = (time.perf_counter() - t0) / args.images
+    ours_s, theirs_s = [], []
+    for i in range(args.pairs):
+        first, second = (ours, diffusers_loop) if i % 2 == 0 else (diffusers_loop, ours)
+        a, b = timed(first, i), timed(second, i)
+        ours_s.append(a if first is ours else b)
+        theirs_s.append(b if first is ours else a)
+    ratios = sorted(o / d for o, d in zip(ours_s, theirs_s))
+    plain, per_image_diffusers = statistics.median(ours_s), statistics.median(theirs_s)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"model: {pipe.name}, {res} px, {args.steps} steps, guidance {args.guidance}")
     print(f"fundusgen sampling, aperture {aperture} (the model's): {per_image:.2f} s/image (target <= 5 s)")
-    print(f"fundusgen sampling, aperture none: {plain:.2f} s/image")
-    print(f"diffusers FlowMatchEulerDiscreteScheduler, same denoiser: {per_image_diffusers:.2f} s/image")
-    print(f"ratio ours (aperture none: the same work) / diffusers: {plain / per_image_diffusers:.3f} (target <= 1.05)")
+    print(f"fundusgen sampling, aperture none (the same work as diffusers'): {plain:.2f} s/image (median of {args.pairs})")
+    print(f"diffusers FlowMatchEulerDiscreteScheduler, same denoiser: {per_image_diffusers:.2f} s/image (median of {args.pairs})")
+    print(f"ratio ours / diffusers, median of {args.pairs} interleaved pairs: {statistics.median(ratios):.3f} "
+          f"(range {ratios[0]:.3f}-{ratios[-1]:.3f}; target <= 1.05)")
     if args.anatomy_retries:
         from fundusgen.generate import sample_checked
         sample_checked(pipe, prompt, 0, 1, steps=2, guidance=args.guidance)  # loads the measurement networks

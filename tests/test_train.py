@@ -372,11 +372,38 @@ def test_the_purified_stages_train_only_on_what_purify_kept_and_captions_use_mea
         json.dumps({"key": first["key"], "measurements": MEASURED}) + "\n")
     vae = FundusAutoencoder(block_out_channels=(8, 16), norm_num_groups=4)
     cache, info = load_cache(build_cache(data, tmp_path / "run", vae, TextEncoder(), [32], 2, progress=False))
+    assert "text" not in cache and len(cache["text_offsets"]) == len(info["captions"]) + 1  # packed states
     pool = subset_indices(cache, StageConfig(subset="purified"), min_quality=0.0)
     assert sorted(info["keys"][i] for i in pool.tolist()) == sorted(kept)
     assert len(subset_indices(cache, StageConfig(subset="all"), 0.0)) == len(train)
     first_captions = [info["captions"][i] for i in cache["caption_ids"][info["keys"].index(first["key"])].tolist()]
     assert len(first_captions) == 4 and all("vessels" in c.lower() for c in first_captions)
+
+
+def test_caption_states_are_cached_without_padding_and_read_back_as_encoded():
+    from fundusgen.model.text_encoder import TextEncoder
+    from fundusgen.train.cache import caption_states, pack_states
+    captions = ["", "Left eye.", "Right eye fundus photograph with moderate non-proliferative diabetic retinopathy, "
+                "scattered microaneurysms and hard exudates temporal to the fovea."]
+    enc = TextEncoder()
+    batches = [enc.encode(captions[:2]), enc.encode(captions[2:])]  # padded to different lengths, as in build_cache
+    packed = pack_states([s for s, _ in batches], [m for _, m in batches])
+    lengths = [int(m.sum()) for _, mask in batches for m in mask]
+    assert packed["text_tokens"].shape == (sum(lengths), enc.dim) and packed["text_offsets"].tolist()[-1] == sum(lengths)
+    padded = {"text": torch.cat([torch.nn.functional.pad(batches[0][0], (0, 0, 0, max(lengths) - batches[0][0].shape[1])),
+                                 batches[1][0]]),
+              "text_mask": torch.cat([torch.nn.functional.pad(batches[0][1], (0, max(lengths) - batches[0][1].shape[1])),
+                                      batches[1][1]])}
+    for cap in ([0, 1], [1, 2, 0, 2], [0]):  # a batch is padded to its own longest caption
+        cap = torch.tensor(cap)
+        states, mask = caption_states(packed, cap)
+        assert states.shape == (len(cap), max(lengths[i] for i in cap), enc.dim)
+        assert mask.sum(1).tolist() == [lengths[i] for i in cap]
+        old_states, old_mask = caption_states(padded, cap)  # caches written before packing still read
+        width = states.shape[1]
+        assert torch.equal(mask, old_mask[:, :width]) and not old_mask[:, width:].any()
+        assert torch.allclose(states, old_states[:, :width] * old_mask[:, :width, None])
+        assert not states[~mask].any()
 
 
 def test_a_bf16_denoiser_trains_after_the_fp32_autoencoder_in_one_process(prepared, tmp_path):

@@ -22,6 +22,7 @@ from fundusgen.errors import FundusgenError
 from fundusgen.model.dit import DiT
 from fundusgen.model.flow import RectifiedFlowLoss
 from fundusgen.train.autoencoder import mixed_precision, new_accelerator
+from fundusgen.train.cache import caption_states
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, stages_behind, step_generator
 from fundusgen.train.config import RecipeConfig, StageConfig
 
@@ -59,7 +60,7 @@ def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConf
     if vessel_weight > 0:
         vessels = cache[f"vessels_{stage.resolution}"][idx].float()
         weight = 1.0 + vessel_weight * torch.where(mirror.view(-1, 1, 1, 1), vessels.flip(-1), vessels)
-    return x0, cache["text"][cap].float(), cache["text_mask"][cap].bool(), weight
+    return (x0, *caption_states(cache, cap), weight)
 
 
 def lr_at(stage: StageConfig, step: int) -> float:
