@@ -97,7 +97,8 @@ def cmd_generate(args) -> int:
                                  resolution=args.resolution, aperture=args.aperture, time_shift=args.time_shift,
                                  negative_prompt=args.negative_prompt, contrast=args.contrast,
                                  guidance_interval=args.guidance_interval and list(args.guidance_interval),
-                                 autoguidance=args.autoguidance, progress=not args.quiet)
+                                 autoguidance=args.autoguidance, seed_per_prompt=args.seed_per_prompt,
+                                 progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")
     if args.anatomy_retries:
         checks = [json.loads(p.with_suffix(".json").read_text())["anatomy"] for p in written]
@@ -195,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(latents outside it pinned while sampling); none: the model draws the frame "
                         "(default: the model's)")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
+    p.add_argument("--seed-per-prompt", action="store_true",
+                   help="with --prompts-file: image i of prompt p uses seed + p*n + i, so no two images start from "
+                        "the same noise (a synthetic dataset); default: the same seeds for every prompt, so "
+                        "prompts compare image for image")
     p.add_argument("--anatomy-retries", type=int, default=0, metavar="K",
                    help="check every image as `fundusgen evaluate` does (one optic disc, a fovea, a vessel tree, "
                         "a round field of view) and draw an invalid one again, up to K times (default 0: no check)")

@@ -43,7 +43,7 @@ def contact_sheet(images: list[Image.Image], columns: int | None = None, thumb: 
     return sheet
 
 
-# retry seeds meet the seeds of a run's other images (seed + i) only past a million images per prompt;
+# retry seeds meet the seeds of a run's other images (seed + i, or seed + p*n + i) only past a million images;
 # not a multiple of 2**32: the CPU generator keeps a seed's low 32 bits
 RETRY_STRIDE = 1_000_003
 
@@ -83,8 +83,12 @@ def _same_draw(anatomy: dict | None, retries: int) -> bool:
 def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: int = 4, seed: int = 0,
                        progress: bool = True, attributes: list[dict] | None = None, anatomy_retries: int = 0,
                        negative_prompts: list[str] | None = None, contrast: bool = True,
-                       **settings) -> list[Path]:
-    """Images for every prompt, ``num_images`` each (image i of a prompt uses seed + i).
+                       seed_per_prompt: bool = False, **settings) -> list[Path]:
+    """Images for every prompt, ``num_images`` each: image i of a prompt uses seed + i, the same
+    seeds for every prompt (so prompts compare image for image), or with ``seed_per_prompt`` image i
+    of prompt p uses seed + p * num_images + i, so no two images start from the same noise (a
+    synthetic dataset, or a sample compared with real photographs: 100 prompts drawn from one
+    seed share their layout and look less varied than they are).
     ``negative_prompts``: one per prompt (else ``settings["negative_prompt"]``, or none, for all).
     ``contrast``: prompts written from ``attributes`` and given no negative prompt get the caption
     of their reversed findings as one (``fundusgen.caption.template.contrast_caption``).
@@ -113,11 +117,12 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
     written, images = [], []
     bar = tqdm(total=len(prompts) * num_images, unit="img", desc="generate", disable=not progress)
     for p_i, prompt in enumerate(prompts):
+        first = seed + p_i * num_images if seed_per_prompt else seed
         for i in range(num_images):
-            stem = f"{p_i:03d}_{i:03d}_seed{seed + i}" if len(prompts) > 1 else f"{i:03d}_seed{seed + i}"
+            stem = f"{p_i:03d}_{i:03d}_seed{first + i}" if len(prompts) > 1 else f"{i:03d}_seed{first + i}"
             png, sidecar = out / f"{stem}.png", out / f"{stem}.json"
             these = settings if negative_prompts is None else {**settings, "negative_prompt": negative_prompts[p_i]}
-            expected = {"prompt": prompt, "seed": seed + i, **these}
+            expected = {"prompt": prompt, "seed": first + i, **these}
             if attributes is not None:
                 expected["attributes"] = attributes[p_i]
             if png.exists() and sidecar.exists():
@@ -127,7 +132,7 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
                     written.append(png)
                     bar.update(1)
                     continue
-            image, meta = sample_checked(pipe, prompt, seed + i, anatomy_retries, **these)
+            image, meta = sample_checked(pipe, prompt, first + i, anatomy_retries, **these)
             atomic_write_bytes(png, _png(image))
             meta = {**meta, "file": png.name}
             if attributes is not None:

@@ -182,6 +182,8 @@ def test_records_prompt_set_carries_each_records_whole_label_set(tmp_path, capsy
     assert "wrote 2 images" in capsys.readouterr().out
     asked = fa.requested(tmp_path / "set")
     assert len(asked) == 2 and all(a in cells for a in asked.values())
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "set").glob("0*.json"))
+    assert seeds == [0, 1]  # records are a sample of real variety: no two drawn from the same noise
     for bad in (["--records", str(tmp_path / "nowhere")], ["--records", str(prepared), "--records-split", "val"],
                 ["--records", str(prepared), "--records-n", "0"], ["--records", str(prepared), "--per-cell", "0"]):
         assert fa.main(["generate", str(tmp_path / "bad"), *bad, "--model", str(model), "--quiet"]) == 2

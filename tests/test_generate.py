@@ -229,6 +229,20 @@ def test_prompts_file_generates_for_every_line(model_dir, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["000_000_seed0.png", "001_000_seed0.png", "contact_sheet.png"]
 
 
+def test_seed_per_prompt_gives_every_prompt_its_own_seeds(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("left eye\nright eye, cataract\n")
+    out = tmp_path / "dataset"
+    assert main(["generate", "--prompts-file", str(prompts), "-n", "2", "--seed", "10", "--seed-per-prompt",
+                 "-o", str(out), "--model", str(model_dir), "--quiet"]) == 0
+    stems = sorted(p.stem for p in out.glob("0*.png"))
+    assert stems == ["000_000_seed10", "000_001_seed11", "001_000_seed12", "001_001_seed13"]
+    sidecar = json.loads((out / "001_000_seed12.json").read_text())
+    assert sidecar["prompt"] == "right eye, cataract" and sidecar["seed"] == 12
+    alone = FundusGen.from_pretrained(model_dir)("right eye, cataract", seed=12).images[0]
+    assert np.array_equal(np.asarray(Image.open(out / "001_000_seed12.png").convert("RGB")), np.asarray(alone))
+
+
 @pytest.mark.parametrize("args,message", [
     (["   "], "empty prompt"),
     (["a" * 10000], "10000 characters"),

@@ -52,15 +52,16 @@ def prompt_cells() -> list[dict]:
 
 
 def generate_prompt_set(out: Path, per_cell: int = 2, model=None, seed: int = 0, progress: bool = True,
-                        cells: list[dict] | None = None, **settings) -> list[Path]:
-    """Generate ``per_cell`` images for every cell (the same seeds in every cell, so that cells differ
-    only by their prompt), with each cell's attributes in the sidecars."""
+                        cells: list[dict] | None = None, seed_per_prompt: bool = False, **settings) -> list[Path]:
+    """Generate ``per_cell`` images for every cell, with each cell's attributes in the sidecars: the
+    same seeds in every cell, so that cells differ only by their prompt, or with ``seed_per_prompt``
+    seeds of their own (held-out records: a sample of real variety, also scored for realism)."""
     from fundusgen.caption.template import describe
     from fundusgen.generate import generate_to_folder
     cells = cells or prompt_cells()
     prompts = [describe(cell, seed=i) for i, cell in enumerate(cells)]
     return generate_to_folder(prompts, Path(out), model=model, num_images=per_cell, seed=seed, progress=progress,
-                              attributes=cells, **settings)
+                              attributes=cells, seed_per_prompt=seed_per_prompt, **settings)
 
 
 def read_index(prepared: Path):
@@ -407,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--records-split", default="test", help="their split (default test)")
     g.add_argument("--model", help="model folder (default: the shipped model)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed-per-prompt", action=argparse.BooleanOptionalAction,
+                   help="every prompt its own seeds (default with --records: 100 records drawn from one seed share "
+                        "their layout, which hides how varied the model is and makes its anatomy one draw's luck); "
+                        "--no-seed-per-prompt: the same seeds for every prompt (default for the cells, which then "
+                        "differ only by their prompt)")
     g.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=True,
                    help="guide away from each cell's reversed findings, as `fundusgen generate` does for "
                         "attribute prompts (default on; --no-contrast: plain classifier-free guidance)")
@@ -423,9 +429,10 @@ def main(argv: list[str] | None = None) -> int:
             cells = (record_cells(Path(args.records), args.records_n, (args.records_split,), args.seed)
                      if args.records else None)
             per_cell = args.per_cell if args.per_cell is not None else (1 if cells else 2)
+            distinct = args.seed_per_prompt if args.seed_per_prompt is not None else bool(cells)
             written = generate_prompt_set(Path(args.out), per_cell=per_cell, model=args.model, seed=args.seed,
                                           progress=not args.quiet, contrast=args.contrast, guidance=args.guidance,
-                                          cells=cells)
+                                          cells=cells, seed_per_prompt=distinct)
             print(f"wrote {len(written)} images with their attributes to {args.out}")
             return 0
         result = evaluate_faithfulness(Path(args.synthetic), Path(args.real) if args.real else None,
