@@ -2,6 +2,7 @@
 typo'd recipe is refused, and a run killed with SIGKILL resumes to exactly the same weights."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,7 +254,6 @@ def test_decoder_phase_keeps_the_encoder_and_resumes_exactly(prepared, tmp_path)
     assert not all(torch.equal(plain[k], refined[k]) for k in decoder), "the decoder phase did not train the decoder"
     # stop inside the decoder phase (checkpoint at step 6 of 8), then carry on: the same weights
     _autoencoder(prepared, tmp_path, "resumed", 4, 2)
-    import shutil
     shutil.rmtree(tmp_path / "resumed" / "autoencoder" / "final")
     resumed = _autoencoder(prepared, tmp_path, "resumed", 4, 4)
     assert all(torch.equal(refined[k], resumed[k]) for k in refined), "resuming inside the decoder phase changed the weights"
@@ -308,7 +308,6 @@ def test_datasets_excluded_by_the_recipe_never_reach_training(tmp_path):
 def test_a_run_stopped_mid_training_exports_its_latest_ema_denoiser(prepared, tmp_path, capsys):
     """``fundusgen export RUN DST`` on a run whose denoiser has only a checkpoint: the autoencoder,
     the checkpoint's EMA weights, and the highest resolution trained so far."""
-    import shutil
     run = tmp_path / "run"
     assert main(["train", "--config", str(_recipe(tmp_path / "r.yaml", prepared, run)), "--quiet"]) == 0
     finished = FundusGen.from_pretrained(run / "model")
@@ -351,7 +350,6 @@ def test_training_captions_say_what_was_measured_and_mirror_the_measured_eye():
 
 
 def test_the_purified_stages_train_only_on_what_purify_kept_and_captions_use_measurements(prepared, tmp_path):
-    import shutil
     import pandas as pd
     from fundusgen.data.prepare import read_index
     from fundusgen.model.autoencoder import FundusAutoencoder
@@ -378,6 +376,35 @@ def test_the_purified_stages_train_only_on_what_purify_kept_and_captions_use_mea
     assert len(subset_indices(cache, StageConfig(subset="all"), 0.0)) == len(train)
     first_captions = [info["captions"][i] for i in cache["caption_ids"][info["keys"].index(first["key"])].tolist()]
     assert len(first_captions) == 4 and all("vessels" in c.lower() for c in first_captions)
+
+
+def test_the_latent_cache_is_reused_only_while_its_data_networks_and_settings_are_the_same(prepared, tmp_path, capsys):
+    from fundusgen.model.autoencoder import FundusAutoencoder
+    from fundusgen.model.text_encoder import TextEncoder
+    from fundusgen.train.cache import build_cache, load_cache
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared, data)
+    torch.manual_seed(0)
+    vae, enc = FundusAutoencoder(block_out_channels=(8, 16), norm_num_groups=4), TextEncoder()
+    path = build_cache(data, tmp_path / "run", vae, enc, [32], 2, progress=False)
+    made = path.stat().st_mtime_ns
+    assert build_cache(data, tmp_path / "run", vae, enc, [32], 2, progress=False).stat().st_mtime_ns == made
+    assert capsys.readouterr().err == ""  # the same recipe: read back, not made again
+    before = load_cache(path)[0]["latents_32"]
+    with torch.no_grad():
+        next(vae.parameters()).add_(0.5)  # another autoencoder: its latents would be stale
+    build_cache(data, tmp_path / "run", vae, enc, [32], 2, progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "making it again" in err[0]
+    assert not torch.equal(load_cache(path)[0]["latents_32"], before)
+    made = path.stat().st_mtime_ns
+    build_cache(data, tmp_path / "run", vae, enc, [32, 64], 2, progress=False)  # a stage at a new resolution
+    assert path.stat().st_mtime_ns != made and "latents_64" in load_cache(path)[0]
+    made = path.stat().st_mtime_ns
+    (data / "measure").mkdir(exist_ok=True)
+    (data / "measure" / "train-000000.jsonl").write_text("")  # new measurements change the captions
+    build_cache(data, tmp_path / "run", vae, enc, [32, 64], 2, progress=False)
+    assert path.stat().st_mtime_ns != made
 
 
 def test_caption_states_are_cached_without_padding_and_read_back_as_encoded():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -66,7 +67,10 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
                 resolutions: list[int], variants: int, progress: bool = True, batch: int = 32,
                 exclude_datasets: list[str] | tuple[str, ...] = ()) -> Path:
     path = out / "cache.safetensors"
-    if path.exists():
+    stamp = {"data": data_digest(data), "autoencoder": module_digest(vae), "text_encoder": text_encoder.name,
+             "text_window": text_encoder.window, "resolutions": sorted(resolutions), "variants": variants,
+             "exclude_datasets": sorted(exclude_datasets)}
+    if cache_is_current(path, stamp):
         return path
     images, metas = load_images(data, "train", progress, exclude_datasets)
     measured, kept = caption_sources(data)
@@ -89,7 +93,42 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
         masks.append(m.cpu())
     tensors.update(pack_states(states, masks))
     tensors["caption_ids"] = ids
-    return save_cache(path, tensors, metas, unique, variants, kept)
+    return save_cache(path, tensors, metas, unique, variants, kept, stamp)
+
+
+def data_digest(data: str | Path) -> str:
+    """A digest of what a prepared folder's training captions and subsets are written from: its
+    index (records, labels, splits), its measurements and the keys ``fundusgen purify`` kept."""
+    data = Path(data)
+    h = hashlib.sha1()
+    for path in [data / "index.parquet", data / "purified.parquet", *sorted((data / "measure").glob("*.jsonl"))]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes() if path.is_file() else b"absent")
+    return h.hexdigest()[:12]
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """A digest of a network's weights (names, shapes, values)."""
+    h = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def cache_is_current(path: Path, stamp: dict) -> bool:
+    """Whether the cache at ``path`` was made from what ``stamp`` describes (data, networks, settings).
+    A cache made from anything else (new measurements, another autoencoder, a stage at a new
+    resolution; or written before caches were stamped) is made again, with one line saying so,
+    rather than trained on stale."""
+    if not path.exists():
+        return False
+    with safe_open(str(path), "pt") as f:
+        made = (f.metadata() or {}).get("stamp")
+    if made == json.dumps(stamp, sort_keys=True):
+        return True
+    print(f"{path}: made from other data, weights or settings than this recipe's; making it again", file=sys.stderr)
+    return False
 
 
 def pack_states(states: list[torch.Tensor], masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -166,7 +205,7 @@ def caption_sources(data: str | Path) -> tuple[dict[str, dict], set[str] | None]
 
 
 def save_cache(path: Path, tensors: dict[str, torch.Tensor], metas: list[dict], captions: list[str],
-               variants: int, purified: set[str] | None = None) -> Path:
+               variants: int, purified: set[str] | None = None, stamp: dict | None = None) -> Path:
     """Write cached tensors with what reading them back needs: image keys, the caption table
     (``caption_ids`` index into it), the empty caption's index, and the number of variants;
     per image its quality score and whether ``fundusgen purify`` kept it (all, when not purified)."""
@@ -174,7 +213,8 @@ def save_cache(path: Path, tensors: dict[str, torch.Tensor], metas: list[dict], 
     tensors["purified"] = torch.tensor([purified is None or m["key"] in purified for m in metas], dtype=torch.bool)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"keys": json.dumps([m["key"] for m in metas]), "captions": json.dumps(captions),
-            "null_caption": str(captions.index("")), "variants": str(variants)}
+            "null_caption": str(captions.index("")), "variants": str(variants),
+            "stamp": json.dumps(stamp or {}, sort_keys=True)}
     atomic_write_file(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta))
     return path
 

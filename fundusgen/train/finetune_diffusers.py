@@ -27,7 +27,8 @@ from tqdm import tqdm
 from fundusgen.errors import FundusgenError
 from fundusgen.model.flow import sample_t, shift_t
 from fundusgen.train.autoencoder import mixed_precision, new_accelerator
-from fundusgen.train.cache import caption_sources, captions_for, load_cache, save_cache
+from fundusgen.train.cache import (cache_is_current, caption_sources, captions_for, data_digest, load_cache,
+                                   module_digest, save_cache)
 from fundusgen.train.checkpoint import load_checkpoint
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
@@ -141,7 +142,10 @@ def build_pipeline_cache(data: str | Path, out: Path, pipe: DiffusionPipeline, f
     """cache.py's layout (latents per resolution, deduplicated caption states, caption ids, quality)
     with the pipeline's VAE and prompt encoding, plus pooled embeddings for SDXL and SD3."""
     path = out / "cache.safetensors"
-    if path.exists():
+    stamp = {"data": data_digest(data), "pipeline": str(getattr(pipe, "name_or_path", "")),
+             "autoencoder": module_digest(pipe.vae), "resolutions": sorted(resolutions), "variants": variants,
+             "exclude_datasets": sorted(exclude_datasets)}
+    if cache_is_current(path, stamp):
         return path
     images, metas = load_images(data, "train", progress, exclude_datasets)
     vae, device = pipe.vae, pipe.device
@@ -173,7 +177,7 @@ def build_pipeline_cache(data: str | Path, out: Path, pipe: DiffusionPipeline, f
         for k in ("text", "pooled"):
             tensors[k][lookup[""]] = 0
     tensors["caption_ids"] = torch.tensor([[lookup[c] for pair in p for c in pair] for p in pairs], dtype=torch.int32)
-    return save_cache(path, tensors, metas, unique, variants, kept)
+    return save_cache(path, tensors, metas, unique, variants, kept, stamp)
 
 
 def _conditioned(net: torch.nn.Module, family: str, text: torch.Tensor, pooled: torch.Tensor | None,
