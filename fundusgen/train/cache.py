@@ -116,16 +116,22 @@ def module_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
+def stamp_text(stamp: dict) -> str:
+    """How a cache file records what it was made from (its safetensors metadata ``stamp``)."""
+    return json.dumps(stamp, sort_keys=True)
+
+
 def cache_is_current(path: Path, stamp: dict) -> bool:
     """Whether the cache at ``path`` was made from what ``stamp`` describes (data, networks, settings).
     A cache made from anything else (new measurements, another autoencoder, a stage at a new
-    resolution; or written before caches were stamped) is made again, with one line saying so,
-    rather than trained on stale."""
+    resolution, other vessel weights; or written before caches were stamped) is made again, with
+    one line saying so, rather than trained on stale. Used by the latent cache, the vessel maps and
+    the diffusers fine-tune's cache."""
     if not path.exists():
         return False
     with safe_open(str(path), "pt") as f:
         made = (f.metadata() or {}).get("stamp")
-    if made == json.dumps(stamp, sort_keys=True):
+    if made == stamp_text(stamp):
         return True
     print(f"{path}: made from other data, weights or settings than this recipe's; making it again", file=sys.stderr)
     return False
@@ -165,12 +171,9 @@ def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides
     from fundusgen.measure.attributes import weights_id
     from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
     path = out / "vessels.safetensors"
-    stamp = {"keys": json.dumps(keys), "weights": weights_id()}  # other images or other weights: made again
-    if path.exists():
-        with safe_open(str(path), "pt") as f:
-            same = f.metadata() == stamp and all(f"vessels_{r}" in f.keys() for r in latent_sides)
-        if same:
-            return path
+    stamp = {"keys": keys, "weights": weights_id(), "sides": latent_sides}  # anything else: made again
+    if cache_is_current(path, stamp):
+        return path
     net = shipped_vessel_net()
     if net is None:
         raise FundusgenError("denoiser.vessel_weight needs the vessel network's weights, which this install lacks "
@@ -187,7 +190,8 @@ def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides
     if seen != len(keys):
         raise FundusgenError(f"{data}: {len(keys) - seen} cached training images are no longer in the folder; "
                              f"delete {out / 'cache.safetensors'} to rebuild the cache")
-    atomic_write_file(path, lambda tmp: save_file({f"vessels_{r}": m for r, m in maps.items()}, tmp, metadata=stamp))
+    atomic_write_file(path, lambda tmp: save_file({f"vessels_{r}": m for r, m in maps.items()}, tmp,
+                                                  metadata={"stamp": stamp_text(stamp)}))
     return path
 
 
@@ -214,7 +218,7 @@ def save_cache(path: Path, tensors: dict[str, torch.Tensor], metas: list[dict], 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"keys": json.dumps([m["key"] for m in metas]), "captions": json.dumps(captions),
             "null_caption": str(captions.index("")), "variants": str(variants),
-            "stamp": json.dumps(stamp or {}, sort_keys=True)}
+            "stamp": stamp_text(stamp or {})}
     atomic_write_file(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta))
     return path
 
