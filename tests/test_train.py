@@ -378,7 +378,8 @@ def test_the_purified_stages_train_only_on_what_purify_kept_and_captions_use_mea
     assert len(first_captions) == 4 and all("vessels" in c.lower() for c in first_captions)
 
 
-def test_the_latent_cache_is_reused_only_while_its_data_networks_and_settings_are_the_same(prepared, tmp_path, capsys):
+def test_the_latent_cache_is_reused_only_while_its_data_networks_and_settings_are_the_same(prepared, tmp_path, capsys,
+                                                                                         monkeypatch):
     from fundusgen.model.autoencoder import FundusAutoencoder
     from fundusgen.model.text_encoder import TextEncoder
     from fundusgen.train.cache import build_cache, load_cache
@@ -403,6 +404,10 @@ def test_the_latent_cache_is_reused_only_while_its_data_networks_and_settings_ar
     made = path.stat().st_mtime_ns
     (data / "measure").mkdir(exist_ok=True)
     (data / "measure" / "train-000000.jsonl").write_text("")  # new measurements change the captions
+    build_cache(data, tmp_path / "run", vae, enc, [32, 64], 2, progress=False)
+    assert path.stat().st_mtime_ns != made
+    made = path.stat().st_mtime_ns
+    monkeypatch.setattr("fundusgen.train.cache.caption_code", lambda: "a template that writes other captions")
     build_cache(data, tmp_path / "run", vae, enc, [32, 64], 2, progress=False)
     assert path.stat().st_mtime_ns != made
 

@@ -13,10 +13,15 @@ tokens on average); a batch is padded to its own longest caption when it is draw
 A recipe that weighs its loss by vessels (``denoiser.vessel_weight``) also caches, per image and
 resolution, the vessel network's probability averaged over each latent cell (``vessels.safetensors``,
 beside the cache: added to an existing cache without re-encoding it).
+
+Each file is stamped with what it was made from (the prepared folder's index, measurements and
+purify verdicts, the code that writes captions, the networks' weights, the recipe's settings) and
+is made again, with one line saying so, when any of it changes.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -96,11 +101,21 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
     return save_cache(path, tensors, metas, unique, variants, kept, stamp)
 
 
+def caption_code() -> str:
+    """The source of the code that writes training captions (the template, its lesion counts, the
+    clinical vocabulary, ``captions_for``). Any edit to it makes caches again, including edits that
+    leave every caption as it was: remaking a cache costs minutes, training on stale captions a run."""
+    from fundusgen import vocab
+    from fundusgen.caption import lesions, template
+    return "".join(inspect.getsource(m) for m in (template, lesions, vocab, captions_for))
+
+
 def data_digest(data: str | Path) -> str:
     """A digest of what a prepared folder's training captions and subsets are written from: its
-    index (records, labels, splits), its measurements and the keys ``fundusgen purify`` kept."""
+    index (records, labels, splits), its measurements, the keys ``fundusgen purify`` kept, and the
+    code that turns them into captions (:func:`caption_code`)."""
     data = Path(data)
-    h = hashlib.sha1()
+    h = hashlib.sha1(caption_code().encode())
     for path in [data / "index.parquet", data / "purified.parquet", *sorted((data / "measure").glob("*.jsonl"))]:
         h.update(path.name.encode())
         h.update(path.read_bytes() if path.is_file() else b"absent")
