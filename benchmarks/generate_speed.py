@@ -84,12 +84,11 @@ def main():
         return time.perf_counter() - t0
 
     diffusers_loop(0)
-    ours_s, theirs_s = [], []
+    times = {ours: [], diffusers_loop: []}
     for i in range(args.pairs):
-        first, second = (ours, diffusers_loop) if i % 2 == 0 else (diffusers_loop, ours)
-        a, b = timed(first, i), timed(second, i)
-        ours_s.append(a if first is ours else b)
-        theirs_s.append(b if first is ours else a)
+        for run in ((ours, diffusers_loop) if i % 2 == 0 else (diffusers_loop, ours)):
+            times[run].append(timed(run, i))
+    ours_s, theirs_s = times[ours], times[diffusers_loop]
     ratios = sorted(o / d for o, d in zip(ours_s, theirs_s))
     plain, per_image_diffusers = statistics.median(ours_s), statistics.median(theirs_s)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")

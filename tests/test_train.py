@@ -236,6 +236,43 @@ def test_training_killed_with_sigkill_resumes_to_exactly_the_same_weights(prepar
         assert all(torch.equal(a[k], b[k]) for k in a), f"{part} weights differ after resuming"
 
 
+def test_two_processes_train_one_run_each_drawing_its_own_batches(prepared, tmp_path):
+    """DDP on the CPU (gloo): one process makes the caches, both train, the first writes the model.
+    Each process draws its own batches, so the weights differ from one process's; the autoencoder
+    goes into its decoder phase (the encoder frozen under DDP) on the way."""
+    small = {**TINY, "autoencoder": {**TINY["autoencoder"], "steps": 3, "decoder_steps": 2},
+             "denoiser": {**TINY["denoiser"], "stages": [dict(TINY["denoiser"]["stages"][0], steps=6),
+                                                          dict(TINY["denoiser"]["stages"][2], steps=2)]}}
+    runs = {}
+    for name in ("one", "two"):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(yaml.safe_dump({**small, "data": str(prepared), "out": str(tmp_path / name)}))
+        runs[name] = recipe
+    subprocess.run(_train_cmd(runs["one"]), check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    # torchrun: what `accelerate launch --multi_gpu` starts on GPUs (accelerate's --cpu launcher wants MPI)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(launch + _train_cmd(runs["two"])[1:], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "making it again" not in done.stderr  # the second process read the first one's caches
+    history = json.loads((tmp_path / "two" / "denoiser" / "loss_history.json").read_text())
+    assert len(history) == 8
+    pipe = FundusGen.from_pretrained(tmp_path / "two" / "model")
+    assert pipe("left eye", steps=2).images[0].size == (64, 64)
+    for part in ("autoencoder", "denoiser"):
+        one = load_file(str(next((tmp_path / "one" / "model" / part).glob("*.safetensors"))))
+        two = load_file(str(next((tmp_path / "two" / "model" / part).glob("*.safetensors"))))
+        assert not all(torch.equal(one[k], two[k]) for k in one), f"{part}: both processes drew one process's batches"
+
+
+def test_each_process_draws_its_own_steps_and_the_first_draws_a_single_process_s():
+    from fundusgen.train.checkpoint import step_generator
+    draws = {rank: torch.rand(4, generator=step_generator(7, 12, rank)) for rank in range(3)}
+    assert torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(7 * 1_000_003 + 12)))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert torch.equal(draws[1], torch.rand(4, generator=step_generator(7, 12, 1)))  # still a pure function
+
+
 def _autoencoder(prepared: Path, tmp_path: Path, name: str, steps: int, decoder_steps: int) -> dict:
     from fundusgen.train.autoencoder import train_autoencoder
     tiny = {**TINY, "autoencoder": {**TINY["autoencoder"], "steps": steps, "decoder_steps": decoder_steps}}

@@ -95,10 +95,11 @@ def _decode(sample: dict) -> dict:
 
 def iter_samples(folder: str | Path, split: str | None = None, keep=None) -> Iterator[dict]:
     """Decoded samples (image uint8 RGB, masks bool, meta dict) from a prepared folder, in order;
-    ``keep(meta) -> bool``, when given, skips the others before their images are decoded."""
+    ``keep(meta) -> bool``, when given, skips the others before their images are decoded. Every
+    process of a distributed run reads every shard (no node splitter): each takes what it needs."""
     tars = sorted(str(p) for p in (Path(folder) / "shards").glob("*.tar"))
     for tar in tars:
-        for sample in wds.WebDataset(tar, shardshuffle=False, empty_check=False):
+        for sample in wds.WebDataset(tar, shardshuffle=False, empty_check=False, nodesplitter=None):
             if split is not None or keep is not None:
                 meta = json.loads(sample["json"])
                 if (split is not None and meta["split"] != split) or (keep is not None and not keep(meta)):

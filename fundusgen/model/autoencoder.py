@@ -56,9 +56,16 @@ class FundusAutoencoder(ModelMixin, ConfigMixin):
     def denormalise(self, z: torch.Tensor) -> torch.Tensor:
         return z / self.config.scaling_factor + self.config.shift_factor
 
-    def forward(self, x: torch.Tensor, sample: bool = True):
+    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
+        """Reconstruction and posterior. A CPU ``generator`` draws the sample's noise (on the CPU,
+        so a seed gives the same sample on any device); without one, the posterior's own draw."""
         posterior = self.encode(x)
-        z = posterior.sample() if sample else posterior.mode()
+        if not sample:
+            z = posterior.mode()
+        elif generator is not None:
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+        else:
+            z = posterior.sample()
         return self.decode(z), posterior
 
 

@@ -11,13 +11,15 @@ configs/default.yaml, 4,600 steps) ended with green and blue reconstructed far o
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.state import AcceleratorState
+from accelerate.utils import parse_flag_from_env
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -48,10 +50,19 @@ def mixed_precision(cfg: RecipeConfig) -> str:
     return "bf16" if torch.cuda.is_available() else "no"
 
 
+def process_state() -> PartialState:
+    """This process's rank and device. Several processes (``torchrun``, ``accelerate launch``) on a
+    machine without CUDA train on the CPU over gloo, which accelerate sees only when told so (its
+    ``--cpu``): without it each process would train alone, as the first, on the same files."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available()))
+
+
 def new_accelerator(**kwargs) -> Accelerator:
     """An Accelerator with this trainer's own precision. accelerate fixes the precision per process
     at the first Accelerator, and one ``fundusgen train`` runs the autoencoder in fp32 and then the
     denoiser in bf16 on a GPU: the state is reset first (the distributed state is kept)."""
+    process_state()
     AcceleratorState._reset_state()
     return Accelerator(**kwargs)
 
@@ -63,7 +74,10 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     final = out / "final"
     if (final / "config.json").exists():
         return final
-    acc = new_accelerator(mixed_precision="no")
+    # the decoder phase freezes the encoder after DDP has wrapped the model: DDP must then look
+    # for parameters without gradients (a no-op in one process)
+    acc = new_accelerator(mixed_precision="no",
+                          kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=tc.decoder_steps > 0)])
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -100,13 +114,12 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
         if step == tc.steps:  # the decoder phase begins
             opt = acc.prepare(_decoder_phase(acc.unwrap_model(model), tc))
         decoder_only = step >= tc.steps
-        g = step_generator(cfg.seed, step)
+        g = step_generator(cfg.seed, step, acc.process_index)
         x = _batch(images, tc.batch_size, tc.crop, g).to(acc.device)
         with acc.autocast():
-            with torch.set_grad_enabled(not decoder_only):
-                posterior = acc.unwrap_model(model).encode(x)
-            z = _sample(posterior, g)
-            recon = acc.unwrap_model(model).decode(z)
+            # through the DDP wrapper, which averages gradients across processes only for its own
+            # forward; in the decoder phase the frozen encoder records no graph
+            recon, posterior = model(x, generator=g)
             gan_on = use_gan and step >= tc.adversarial_start and not decoder_only
             loss, terms = loss_fn(x, recon, posterior, disc if gan_on else None)
         opt.zero_grad(set_to_none=True)
@@ -123,7 +136,8 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
         if writer and step % cfg.log_every == 0:
             for k, v in terms.items():
                 writer.add_scalar(f"autoencoder/{k}", v, step)
-            writer.add_scalar("autoencoder/images_per_s", (step + 1 - start) * tc.batch_size / (time.time() - t0), step)
+            writer.add_scalar("autoencoder/images_per_s",
+                              (step + 1 - start) * tc.batch_size * acc.num_processes / (time.time() - t0), step)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", l1=f"{terms['l1']:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (tc.steps, total):
             acc.wait_for_everyone()
@@ -145,6 +159,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
         (out / "train_config.json").write_text(json.dumps(asdict(tc), indent=2))
     if writer:
         writer.close()
+    acc.wait_for_everyone()  # the other processes read the folder next
     return final
 
 
@@ -174,12 +189,6 @@ def _decoder_phase(model: FundusAutoencoder, tc) -> torch.optim.Optimizer:
         if not frozen:
             decoder.append(p)
     return torch.optim.AdamW(decoder, lr=tc.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
-
-
-def _sample(posterior, g: torch.Generator) -> torch.Tensor:
-    """Reparameterised sample with noise from the step's CPU generator (device independent)."""
-    noise = torch.randn(posterior.mean.shape, generator=g)
-    return posterior.mean + posterior.std * noise.to(posterior.mean)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ to a temporary file and renamed, so a kill leaves the previous checkpoint intact
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -40,7 +41,14 @@ def stages_behind(path: Path, n_stages: int) -> bool:
     return int(state["stage"]) < n_stages
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The randomness of one training step, a pure function of (seed, step): resumed runs
-    draw exactly the batches, crops, noise and timesteps an uninterrupted run would."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The randomness of one training step, a pure function of (seed, step, process rank): resumed
+    runs draw exactly the batches, crops, noise and timesteps an uninterrupted run would. Under
+    ``accelerate launch`` each process draws its own (one draw for all would have N processes
+    compute the same gradient N times); the first process draws what a single process would. The
+    others' seeds are hashed: torch seeds the CPU generator with the low 32 bits only, so an offset
+    above them would be lost."""
+    base = seed * 1_000_003 + step
+    if rank:
+        base = int.from_bytes(hashlib.sha256(f"{base}:{rank}".encode()).digest()[:4], "big")
+    return torch.Generator().manual_seed(base)

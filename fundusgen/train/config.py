@@ -33,7 +33,7 @@ class AutoencoderTrainConfig:
     model: AutoencoderModelConfig = field(default_factory=AutoencoderModelConfig)
     loss: AutoencoderLossWeights = field(default_factory=AutoencoderLossWeights)
     steps: int = 2000
-    batch_size: int = 8
+    batch_size: int = 8         # per process, as the stages' batch_size
     crop: int = 128            # trained on random crops (fully convolutional), used at any size
     lr: float = 2e-4
     adversarial_start: int = 0  # step at which the discriminator joins, when loss.adversarial > 0
@@ -66,7 +66,7 @@ class StageConfig:
     resolution: int = 128      # image side; latents are resolution / downsampling
     subset: str = "all"        # all | purified
     steps: int = 1000
-    batch_size: int = 32
+    batch_size: int = 32        # per process: `accelerate launch` with N processes trains on N x batch_size a step
     lr: float = 3e-4
     warmup: int = 100
     decay: str = "none"        # none | cosine: after warmup, lr follows a half cosine to zero at the last step

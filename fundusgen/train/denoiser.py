@@ -131,6 +131,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         ema.copy_to(net.parameters())
         net.save_pretrained(str(final), safe_serialization=True)
         (out / "loss_history.json").write_text(json.dumps(history))
+    acc.wait_for_everyone()  # the other processes read the folder next
     return final
 
 
@@ -179,7 +180,7 @@ def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, c
                    disable=not progress or not acc.is_main_process)
         t0, first = time.time(), step
         for step in bar:
-            g = step_generator(cfg.seed, offset + step)
+            g = step_generator(cfg.seed, offset + step, acc.process_index)
             for group in opt.param_groups:
                 group["lr"] = lr_at(stage, step)
             with acc.accumulate(model), acc.autocast():
@@ -197,7 +198,8 @@ def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, c
                 bar.set_postfix(loss=f"{value:.4f}")
                 if writer:
                     writer.add_scalar(f"{tag}/{stage.name}/loss", value, offset + step)
-                    writer.add_scalar(f"{tag}/images_per_s", (step + 1 - first) * stage.batch_size / (time.time() - t0),
+                    writer.add_scalar(f"{tag}/images_per_s", (step + 1 - first) * stage.batch_size * acc.num_processes
+                                      / (time.time() - t0),
                                       offset + step)
             if (step + 1) % cfg.checkpoint_every == 0 or last:
                 acc.wait_for_everyone()

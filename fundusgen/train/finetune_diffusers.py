@@ -262,4 +262,5 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         os.replace(tmp, final)
         (out / "loss_history.json").write_text(json.dumps(history))
+    acc.wait_for_everyone()  # the pipeline is whole before any process returns it
     return final

@@ -9,7 +9,6 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from fundusgen.errors import FundusgenError
@@ -17,7 +16,7 @@ from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
-from fundusgen.train.autoencoder import train_autoencoder
+from fundusgen.train.autoencoder import process_state, train_autoencoder
 from fundusgen.train.cache import build_cache, build_vessel_maps, load_cache
 from fundusgen.train.checkpoint import load_checkpoint, stages_behind
 from fundusgen.train.config import RecipeConfig, recipe_from_dict
@@ -29,24 +28,30 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
     if cfg.base_pipeline:
         return finetune_pipeline(cfg, progress)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(asdict(cfg), indent=2))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    state = process_state()  # this process's rank and device under `accelerate launch`; one process otherwise
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(asdict(cfg), indent=2))
     ae_dir = train_autoencoder(cfg, progress)
     if not cfg.denoiser.stages:  # an autoencoder-only recipe (e.g. a probe another recipe starts from)
         return ae_dir
-    vae = FundusAutoencoder.from_pretrained(str(ae_dir)).to(device).eval()
-    text_encoder = TextEncoder(cfg.text_encoder, device=device)
+    vae = FundusAutoencoder.from_pretrained(str(ae_dir)).to(state.device).eval()
+    text_encoder = TextEncoder(cfg.text_encoder, device=state.device)
     resolutions = sorted({s.resolution for s in cfg.denoiser.stages})
-    cache_path = build_cache(cfg.data, out, vae, text_encoder, resolutions, cfg.denoiser.caption_variants, progress,
-                             exclude_datasets=cfg.exclude_datasets)
-    cache, info = load_cache(cache_path)
-    if cfg.denoiser.vessel_weight > 0:
-        sides = {r: cache[f"latents_{r}"].shape[-1] for r in resolutions}
-        cache.update(load_file(build_vessel_maps(cfg.data, out, info["keys"], sides, progress)))
+    with state.main_process_first():  # one process makes the caches, the others then read them
+        shown = progress and state.is_main_process
+        cache_path = build_cache(cfg.data, out, vae, text_encoder, resolutions, cfg.denoiser.caption_variants, shown,
+                                 exclude_datasets=cfg.exclude_datasets)
+        cache, info = load_cache(cache_path)
+        if cfg.denoiser.vessel_weight > 0:
+            sides = {r: cache[f"latents_{r}"].shape[-1] for r in resolutions}
+            cache.update(load_file(build_vessel_maps(cfg.data, out, info["keys"], sides, shown)))
     dit_dir = train_denoiser(cfg, cache, info, text_encoder.dim, vae.config.latent_channels, progress)
     model_dir = out / "model"
-    _assemble(out, cfg, vae.cpu(), DiT.from_pretrained(str(dit_dir)), text_encoder, max(resolutions)).save_pretrained(model_dir)
+    if state.is_main_process:
+        _assemble(out, cfg, vae.cpu(), DiT.from_pretrained(str(dit_dir)), text_encoder,
+                  max(resolutions)).save_pretrained(model_dir)
+    state.wait_for_everyone()
     return model_dir
 
 
