@@ -265,7 +265,7 @@ def test_two_processes_train_one_run_each_drawing_its_own_batches(prepared, tmp_
         assert not all(torch.equal(one[k], two[k]) for k in one), f"{part}: both processes drew one process's batches"
 
 
-def test_each_process_draws_its_own_steps_and_the_first_draws_a_single_process_s():
+def test_each_process_draws_its_own_steps_and_the_first_draws_what_one_process_would():
     from fundusgen.train.checkpoint import step_generator
     draws = {rank: torch.rand(4, generator=step_generator(7, 12, rank)) for rank in range(3)}
     assert torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(7 * 1_000_003 + 12)))
