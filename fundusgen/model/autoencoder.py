@@ -57,15 +57,10 @@ class FundusAutoencoder(ModelMixin, ConfigMixin):
         return z / self.config.scaling_factor + self.config.shift_factor
 
     def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
-        """Reconstruction and posterior. A CPU ``generator`` draws the sample's noise (on the CPU,
-        so a seed gives the same sample on any device); without one, the posterior's own draw."""
+        """Reconstruction and posterior; ``generator`` draws the sample's noise (diffusers draws with
+        a CPU generator on the CPU, so a seed gives the same sample on any device)."""
         posterior = self.encode(x)
-        if not sample:
-            z = posterior.mode()
-        elif generator is not None:
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-        else:
-            z = posterior.sample()
+        z = posterior.sample(generator=generator) if sample else posterior.mode()
         return self.decode(z), posterior
 
 
