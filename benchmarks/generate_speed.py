@@ -56,18 +56,21 @@ def main():
     per_image = (time.perf_counter() - t0) / args.images
     res = pipe.config.get("resolution", 256)
 
-    # The same denoiser, the same guidance, stepped by diffusers' scheduler instead of sample_euler.
+    # The same denoiser, the same guidance, stepped by diffusers' scheduler instead of sample_euler,
+    # with the same work around the loop as a pipeline call: the prompt and the empty caption
+    # encoded, the latents decoded, the image turned to 8 bits.
     den, ae = pipe.denoiser, pipe.autoencoder
-    states, mask = pipe.text_encoder.encode([prompt])
-    null, null_mask = pipe.text_encoder.encode([""])
-    length = max(states.shape[1], null.shape[1])
-    pad = lambda t, m: (torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])), torch.nn.functional.pad(m, (0, length - m.shape[1])))
-    (c, cm), (u, um) = pad(states, mask), pad(null, null_mask)
-    text, text_mask = torch.cat([c, u]), torch.cat([cm, um])
     side = res // ae.downsampling_factor
 
     @torch.no_grad()
     def diffusers_loop(seed):
+        states, mask = pipe.text_encoder.encode([prompt])
+        null, null_mask = pipe.text_encoder.encode([""])
+        length = max(states.shape[1], null.shape[1])
+        pad = lambda t, m: (torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])),
+                            torch.nn.functional.pad(m, (0, length - m.shape[1])))
+        (c, cm), (u, um) = pad(states, mask), pad(null, null_mask)
+        text, text_mask = torch.cat([c, u]), torch.cat([cm, um])
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=pipe.config.get("time_shift", 1.0))
         sched.set_timesteps(args.steps)
         x = torch.randn((1, den.config.in_channels, side, side), generator=torch.Generator().manual_seed(seed))
@@ -76,7 +79,7 @@ def main():
             v = den(torch.cat([x, x]), tt, text, text_mask)
             v = v[1:] + args.guidance * (v[:1] - v[1:])
             x = sched.step(v, t, x).prev_sample
-        return ae.decode(ae.denormalise(x))
+        return pipe._to_pil(ae.decode(ae.denormalise(x)).float())
 
     def timed(run, seed):
         t0 = time.perf_counter()

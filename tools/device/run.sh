@@ -36,11 +36,11 @@ case "${1:-}" in
     "$PYTHON" -c "import torch, diffusers, webdataset, fundusgen.train.run; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
     cd "$FG"
     setsid nohup bash -c "'$PYTHON' -m fundusgen.cli train --config recipe.yaml --set data=$FG/data/train --set out=$FG/run \
-      > logs/train.log 2>&1; echo \$? > logs/train.rc" > /dev/null 2>&1 &
+      > logs/train.log 2>&1; echo \$? > logs/train.rc.tmp; mv logs/train.rc.tmp logs/train.rc" > /dev/null 2>&1 &
     if [ -d "$FG/data/vessels" ]; then
       setsid nohup bash -c "'$PYTHON' -m fundusgen.measure.vessels train --data $FG/data/vessels --out $FG/vessels \
         --steps $VESSEL_STEPS --batch-size 64 --crop 128 --channels 16 --depth 4 --checkpoint-every 1000 \
-        > logs/vessels.log 2>&1; echo \$? > logs/vessels.rc" > /dev/null 2>&1 &
+        > logs/vessels.log 2>&1; echo \$? > logs/vessels.rc.tmp; mv logs/vessels.rc.tmp logs/vessels.rc" > /dev/null 2>&1 &
     fi
     sleep "${START_WAIT:-20}"; last_line logs/train.log; last_line logs/vessels.log
     ;;
