@@ -11,15 +11,12 @@ configs/default.yaml, 4,600 steps) ended with green and blue reconstructed far o
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
-from accelerate.state import AcceleratorState
-from accelerate.utils import parse_flag_from_env
+from accelerate import DistributedDataParallelKwargs
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -28,6 +25,7 @@ from fundusgen.model.autoencoder import (AutoencoderLoss, FundusAutoencoder, Pat
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, step_generator
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, to_model_range
+from fundusgen.train.distributed import new_accelerator
 
 
 def _batch(images: torch.Tensor, size: int, crop: int, g: torch.Generator) -> torch.Tensor:
@@ -41,30 +39,6 @@ def _batch(images: torch.Tensor, size: int, crop: int, g: torch.Generator) -> to
             img = img.flip(-1)
         out.append(img)
     return to_model_range(torch.stack(out))
-
-
-def mixed_precision(cfg: RecipeConfig) -> str:
-    """Precision of the denoiser trainers (the autoencoder always trains in fp32)."""
-    if cfg.mixed_precision != "auto":
-        return cfg.mixed_precision
-    return "bf16" if torch.cuda.is_available() else "no"
-
-
-def process_state() -> PartialState:
-    """This process's rank and device. Several processes (``torchrun``, ``accelerate launch``) on a
-    machine without CUDA train on the CPU over gloo, which accelerate sees only when told so (its
-    ``--cpu``): without it each process would train alone, as the first, on the same files."""
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available()))
-
-
-def new_accelerator(**kwargs) -> Accelerator:
-    """An Accelerator with this trainer's own precision. accelerate fixes the precision per process
-    at the first Accelerator, and one ``fundusgen train`` runs the autoencoder in fp32 and then the
-    denoiser in bf16 on a GPU: the state is reset first (the distributed state is kept)."""
-    process_state()
-    AcceleratorState._reset_state()
-    return Accelerator(**kwargs)
 
 
 def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:

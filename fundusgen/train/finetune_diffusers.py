@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from fundusgen.errors import FundusgenError
 from fundusgen.model.flow import sample_t, shift_t
-from fundusgen.train.autoencoder import mixed_precision, new_accelerator
+from fundusgen.train.distributed import mixed_precision, new_accelerator
 from fundusgen.train.cache import (cache_is_current, caption_sources, captions_for, data_digest, load_cache,
                                    module_digest, save_cache)
 from fundusgen.train.checkpoint import load_checkpoint
