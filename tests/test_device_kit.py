@@ -54,22 +54,29 @@ def test_float16_minilm_gives_the_caption_states_of_the_bundled_one(tmp_path):
 def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     write_retina_folder(tmp_path / "raw", n_per_class=4)
     assert main(["prepare", "--source", f"image_folder={tmp_path / 'raw'}", "--out", str(tmp_path / "prepared"),
-                 "--size", "64", "--workers", "1", "--quiet"]) == 0
-    # as configs/h200.yaml: a trained autoencoder taken as it is, and a denoiser with a refiner
+                 "--size", "96", "--workers", "1", "--quiet"]) == 0
+    # as configs/h200.yaml: a trained autoencoder taken as it is, and a denoiser with a refiner and
+    # a vessel-weighted loss, from images carried at the recipe's largest resolution
     from fundusgen.model.autoencoder import FundusAutoencoder
     ae = FundusAutoencoder(**TINY["autoencoder"]["model"])
     ae.register_to_config(scaling_factor=0.5)
     ae.save_pretrained(str(tmp_path / "trained_ae"), safe_serialization=True)
-    denoiser = {**TINY["denoiser"], "model": {**TINY["denoiser"]["model"], "refiner_channels": 8, "refiner_depth": 1}}
+    denoiser = {**TINY["denoiser"], "model": {**TINY["denoiser"]["model"], "refiner_channels": 8, "refiner_depth": 1},
+                "vessel_weight": 4.0}
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump({**TINY, "autoencoder": {**TINY["autoencoder"], "init": str(tmp_path / "trained_ae"),
                                                              "steps": 0}, "denoiser": denoiser}))
     (tmp_path / "wheels").mkdir()
     carried = tmp_path / ".device"
     subprocess.run([sys.executable, str(KIT / "pack.py"), "--recipe", str(recipe), "--prepared", str(tmp_path / "prepared"),
-                    "--vessels", "", "--out", str(carried), "--wheels-from", str(tmp_path / "wheels")],
+                    "--vessels", "", "--size", "64", "--out", str(carried), "--wheels-from", str(tmp_path / "wheels")],
                    cwd=ROOT, check=True, capture_output=True)
     assert sorted(p.name for p in carried.iterdir()) == ["part1"] and (carried / "part1" / "ae" / "config.json").is_file()
+    assert (carried / "part1" / "weights" / "vessels" / "model.safetensors").is_file()
+    from fundusgen.data.shards import iter_samples
+    packed = list(iter_samples(carried / "part1" / "data" / "train"))
+    assert packed and all(s["image"].shape == (64, 64, 3) and s["fov"].shape == (64, 64) and s["meta"]["size"] == 64
+                          for s in packed)
     (tmp_path / "trained_ae").rename(tmp_path / "gone")  # the device has only what was carried
     env = {**os.environ, "FG": str(tmp_path / "fg"), "CARRIED": str(carried), "RECIPE": str(recipe),
            "PYTHON": sys.executable, "START_WAIT": "0", "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
@@ -98,6 +105,7 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     back = pipe.autoencoder.state_dict()  # exported in float16: equal to that precision, not retrained
     assert all(torch.allclose(v, back[k].float(), rtol=1e-3, atol=1e-4) for k, v in trained.state_dict().items())
     assert (tmp_path / "back" / "loss_history.json").is_file() and (tmp_path / "back" / "logs" / "train.log").is_file()
+    assert (tmp_path / "fg" / "run" / "vessels.safetensors").is_file()  # the vessel maps, made on the device
 
 
 def test_the_compact_copy_keeps_measurements_and_purify_verdicts_in_its_new_shards(tmp_path):

@@ -517,9 +517,10 @@ def network_vessels(net, rgb: np.ndarray, fov: np.ndarray, threshold: float | No
         img = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
     sh, sw = img.shape[:2]
     x = np.pad(img.astype(np.float32) / 255.0, ((0, -sh % mult), (0, -sw % mult), (0, 0)))
+    device = next(net.parameters()).device  # the CPU, or a GPU the caller moved the net to
     with torch.no_grad(), native_bf16():
-        batch = torch.from_numpy(x.transpose(2, 0, 1).copy())[None].to(memory_format=torch.channels_last)
-        prob = torch.sigmoid(net(batch).float())[0, 0, :sh, :sw].contiguous().numpy()
+        batch = torch.from_numpy(x.transpose(2, 0, 1).copy())[None].to(device, memory_format=torch.channels_last)
+        prob = torch.sigmoid(net(batch).float())[0, 0, :sh, :sw].cpu().contiguous().numpy()
     if (sh, sw) != (h, w):
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
     prob = prob * fov

@@ -193,6 +193,8 @@ def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides
     if net is None:
         raise FundusgenError("denoiser.vessel_weight needs the vessel network's weights, which this install lacks "
                              "(fundusgen/measure/weights/vessels)")
+    if torch.cuda.is_available():  # 4,000 photographs: minutes on a CPU, seconds on a GPU
+        net = net.cuda()
     row = {k: i for i, k in enumerate(keys)}
     maps: dict[int, torch.Tensor] = {r: torch.zeros(len(keys), 1, s, s, dtype=torch.float16) for r, s in latent_sides.items()}
     seen = 0

@@ -1,6 +1,6 @@
 """Pack what a lent GPU machine needs for one training run into folders that fit its transfers.
 
-    python tools/device/pack.py --recipe configs/h200.yaml --prepared data/prepared256 \
+    python tools/device/pack.py --recipe configs/h200.yaml --prepared data/prepared512 --size 256 \
         --vessels data/vessels512 --out .device
 
 The device tool sends the working tree plus carried paths, at most 64 MiB per call, and the
@@ -9,11 +9,14 @@ it will sit on the device (under $FG, tools/device/run.sh) and split into ``.dev
 ``part2``, ...: each fits one call beside the working tree (once ``park.sh park`` took the
 shipped weights out), and ``run.sh stage`` copies the carried part into $FG:
 
-- ``data/train``: a compact copy of the prepared training split (images re-encoded as JPEG at
-  ``--jpeg-quality``, FOV masks kept, other masks dropped, the recipe's ``exclude_datasets`` left
+- ``data/train``: a compact copy of the prepared training split (images resized to ``--size`` and
+  re-encoded as JPEG at ``--jpeg-quality``, FOV masks kept, other masks dropped, the recipe's ``exclude_datasets`` left
   out) with its measurements and purify verdicts, where ``fundusgen measure`` and ``purify`` ran;
 - ``data/vessels``: the vessel network's training images (DRIVE, CHASE_DB1 and STARE outside
   their official test splits) with their masks;
+- ``weights/vessels``: the shipped vessel network, when the recipe weights the loss by vessels
+  (``denoiser.vessel_weight``): ``run.sh start`` puts it back in the code it runs, and the run
+  makes its vessel maps on the GPU;
 - ``ae``: the recipe's ``autoencoder.init`` folder, when it starts from a trained autoencoder
   (``run.sh start`` points the run's recipe at it: the shipped weights are parked, not sent);
 - ``env/whl``: the wheels the GPU image lacks; ``env/py``: MiniLM in float16 as an importable
@@ -32,6 +35,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import webdataset as wds
 from PIL import Image
@@ -39,6 +44,7 @@ from tqdm import tqdm
 
 from fundusgen.data.prepare import read_index
 from fundusgen.data.shards import atomic_write_bytes, atomic_write_text, write_shard
+from fundusgen.measure.vessels import SHIPPED as VESSEL_WEIGHTS
 from fundusgen.model.text_encoder import bundled_minilm_path
 from fundusgen.train.cache import caption_sources
 from fundusgen.train.config import load_recipe
@@ -48,17 +54,38 @@ CARRY_LIMIT = 64 * MIB   # the device tool's limit on the working tree plus carr
 WHEELS = ("diffusers==0.42.1", "webdataset==1.0.2", "braceexpand==0.1.7")
 
 
-def _reencode(jpg_or_png: bytes, quality: int) -> bytes:
+def _reencode(jpg_or_png: bytes, quality: int, size: int | None = None) -> bytes:
+    """The image as JPEG at ``quality``, resized to ``size`` px (area averaging, as ``prepare``
+    shrinks) when given."""
+    image = np.asarray(Image.open(io.BytesIO(jpg_or_png)).convert("RGB"))
+    if size is not None and image.shape[0] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_CUBIC)
     buf = io.BytesIO()
-    Image.open(io.BytesIO(jpg_or_png)).convert("RGB").save(buf, format="JPEG", quality=quality)
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
-def compact_copy(src: Path, dst: Path, keep, quality: int | None, masks: bool, desc: str, shard_size: int = 1000) -> int:
+def _resized_mask(png: bytes, size: int) -> bytes:
+    mask = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    if mask.shape[0] != size:
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def compact_copy(src: Path, dst: Path, keep, quality: int | None, masks: bool, desc: str, shard_size: int = 1000,
+                 size: int | None = None) -> int:
     """A prepared folder holding the samples of ``src`` whose meta passes ``keep(meta)``, images
     re-encoded as JPEG at ``quality`` (None: their stored bytes, e.g. for a reference subset), their index rows, measurements (``measure/``) and purify
     verdicts (``purified.parquet``), which the trainer turns into captions and the purified
-    subset. Returns the number of samples."""
+    subset. Returns the number of samples.
+
+    ``size``: images and masks resized to that side (e.g. a 512 px folder carried at 256 px). The
+    measurements stay as measured on ``src``: every one the captions use is free of the image's
+    scale (ratios, densities, spot counts; widths in px of a 512 px field of view)."""
+    if size is not None and quality is None:
+        raise ValueError("resizing re-encodes the images: give a JPEG quality")
     index = read_index(src)
     measured, purified = caption_sources(src)
     samples, kept, shard, placed = [], [], 0, {}
@@ -81,8 +108,12 @@ def compact_copy(src: Path, dst: Path, keep, quality: int | None, masks: bool, d
             if not keep(meta):
                 continue
             image = raw.get("jpg", raw.get("png"))
-            out = {"__key__": raw["__key__"], "jpg": image if quality is None else _reencode(image, quality), "json": raw["json"]}
-            out |= {k: v for k, v in raw.items() if k.endswith(".png") and (masks or k == "fov.png")}
+            if size is not None:
+                meta["size"] = size
+            out = {"__key__": raw["__key__"], "jpg": image if quality is None else _reencode(image, quality, size),
+                   "json": raw["json"] if size is None else json.dumps(meta).encode()}
+            out |= {k: v if size is None else _resized_mask(v, size)
+                    for k, v in raw.items() if k.endswith(".png") and (masks or k == "fov.png")}
             samples.append(out)
             kept.append(meta["key"])
             if len(samples) == shard_size:
@@ -98,7 +129,7 @@ def compact_copy(src: Path, dst: Path, keep, quality: int | None, masks: bool, d
         pd.read_parquet(src / "purified.parquet").query("key in @kept").to_parquet(buf, index=False)
         atomic_write_bytes(dst / "purified.parquet", buf.getvalue())
     atomic_write_text(dst / "prepare.json", json.dumps({"compact_copy_of": str(src), "jpeg_quality": quality,
-                                                        "samples": len(kept)}, indent=2))
+                                                        "size": size, "samples": len(kept)}, indent=2))
     return len(kept)
 
 
@@ -130,22 +161,25 @@ def tree_size(repo: Path) -> int:
 
 def split_into_parts(root: Path, out: Path, budget: int) -> list[Path]:
     """Move the files under ``root`` into ``out/part1``, ``out/part2``, ... (same relative paths),
-    each at most ``budget`` bytes: one part is carried per device call. Small files first, so the
-    index and the environment land in the first part."""
-    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: (p.stat().st_size, str(p)))
+    each at most ``budget`` bytes: one part is carried per device call, so fewer parts leave more
+    of the lease to training. First fit, largest files first (first-fit decreasing, a bin-packing
+    heuristic close to the fewest parts); the run starts only once every part is staged, so which
+    file rides in which part does not matter."""
+    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: (-p.stat().st_size, str(p)))
     parts: list[Path] = []
-    used = budget + 1
+    used: list[int] = []
     for f in files:
         size = f.stat().st_size
         if size > budget:
             raise SystemExit(f"{f}: {size / MIB:.1f} MiB, more than one call may carry ({budget / MIB:.1f} MiB)")
-        if used + size > budget:
+        i = next((i for i, u in enumerate(used) if u + size <= budget), len(parts))
+        if i == len(parts):
             parts.append(out / f"part{len(parts) + 1}")
-            used = 0
-        dst = parts[-1] / f.relative_to(root)
+            used.append(0)
+        dst = parts[i] / f.relative_to(root)
         dst.parent.mkdir(parents=True, exist_ok=True)
         f.rename(dst)
-        used += size
+        used[i] += size
     shutil.rmtree(root)
     return parts
 
@@ -153,11 +187,15 @@ def split_into_parts(root: Path, out: Path, budget: int) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="configs/h200.yaml", help="the recipe the GPU will run (its exclude_datasets apply)")
-    ap.add_argument("--prepared", default="data/prepared256", help="prepared folder at the recipe's resolution")
+    ap.add_argument("--prepared", default="data/prepared512", help="prepared, measured and purified folder")
+    ap.add_argument("--size", type=int, default=256,
+                    help="side of the carried training images (the recipe's largest resolution; 0: as stored)")
     ap.add_argument("--vessels", default="data/vessels512",
                     help="prepared 512 px folder of DRIVE, CHASE_DB1 and STARE (with their vessel masks); '' for none")
     ap.add_argument("--out", default=".device")
-    ap.add_argument("--jpeg-quality", type=int, default=90)
+    ap.add_argument("--jpeg-quality", type=int, default=85,
+                    help="of the carried training images (85: 8.1 KB per 256 px photograph, against 10.3 KB at 90, "
+                    "so the 4,395 of data/prepared512 and the rest travel in two calls, not three)")
     ap.add_argument("--wheels-from", help="a folder already holding the wheels (default: pip download them)")
     ap.add_argument("--budget-mib", type=float, help="bytes per part (default: 64 MiB less the parked working tree, "
                     "less 1 MiB)")
@@ -169,13 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     staging = out / "all"
     n = compact_copy(Path(args.prepared), staging / "data" / "train", desc="training images",
                      keep=lambda m: m["split"] == "train" and m["record"]["dataset"] not in excluded,
-                     quality=args.jpeg_quality, masks=False)
+                     quality=args.jpeg_quality, masks=False, size=args.size or None)
     print(f"{n} training images (excluded: {', '.join(sorted(excluded)) or 'none'})")
     if args.vessels:
         n = compact_copy(Path(args.vessels), staging / "data" / "vessels", desc="vessel images", quality=95, masks=True,
                          keep=lambda m: "vessels" in m["record"]["masks"]
                          and m["record"].get("source_labels", {}).get("split") != "test")
         print(f"{n} vessel training images")
+    if recipe.denoiser.vessel_weight > 0:  # the trainer's vessel maps need the vessel network the tree leaves parked
+        shutil.copytree(VESSEL_WEIGHTS, staging / "weights" / "vessels")
+        print(f"denoiser.vessel_weight {recipe.denoiser.vessel_weight}: the vessel network carried as weights/vessels/")
     if recipe.autoencoder.init:
         shutil.copytree(recipe.autoencoder.init, staging / "ae")
         print(f"autoencoder.init {recipe.autoencoder.init} carried as ae/")

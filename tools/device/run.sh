@@ -30,6 +30,9 @@ case "${1:-}" in
       "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$FG/site" "$FG"/env/whl/*.whl
     fi
     rm -rf "$FG/code" && mkdir -p "$FG/code" "$FG/logs" && cp -r fundusgen "$FG/code/" && cp "$RECIPE" "$FG/recipe.yaml"
+    if [ -d "$FG/weights" ]; then  # measurement networks carried by pack.py (the tree's are parked)
+      cp -r "$FG/weights/." "$FG/code/fundusgen/measure/weights/"
+    fi
     if [ -d "$FG/ae" ]; then  # the recipe's autoencoder.init, carried by pack.py (the shipped weights stay parked)
       "$PYTHON" -c "import sys, yaml; p = sys.argv[1]; d = yaml.safe_load(open(p)); d['autoencoder']['init'] = sys.argv[2]; yaml.safe_dump(d, open(p, 'w'), sort_keys=False)" "$FG/recipe.yaml" "$FG/ae"
     fi
