@@ -21,10 +21,10 @@ from tqdm import tqdm
 from fundusgen.errors import FundusgenError
 from fundusgen.model.dit import DiT
 from fundusgen.model.flow import RectifiedFlowLoss
-from fundusgen.train.distributed import mixed_precision, new_accelerator
 from fundusgen.train.cache import caption_states
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, stages_behind, step_generator
 from fundusgen.train.config import RecipeConfig, StageConfig
+from fundusgen.train.distributed import mixed_precision, new_accelerator
 
 
 def subset_indices(cache: dict, stage: StageConfig, min_quality: float) -> torch.Tensor:

@@ -26,13 +26,13 @@ from tqdm import tqdm
 
 from fundusgen.errors import FundusgenError
 from fundusgen.model.flow import sample_t, shift_t
-from fundusgen.train.distributed import mixed_precision, new_accelerator
 from fundusgen.train.cache import (cache_is_current, caption_sources, captions_for, data_digest, load_cache,
                                    module_digest, save_cache)
 from fundusgen.train.checkpoint import load_checkpoint
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
 from fundusgen.train.denoiser import make_batch, run_stages
+from fundusgen.train.distributed import mixed_precision, new_accelerator
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 SUPPORTED = "StableDiffusionPipeline (SD 1.x/2.x), StableDiffusionXLPipeline (SDXL), StableDiffusion3Pipeline (SD3)"

@@ -17,11 +17,11 @@ from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
-from fundusgen.train.distributed import process_state
 from fundusgen.train.cache import build_cache, build_vessel_maps, load_cache
 from fundusgen.train.checkpoint import load_checkpoint, stages_behind
 from fundusgen.train.config import RecipeConfig, recipe_from_dict
 from fundusgen.train.denoiser import train_denoiser
+from fundusgen.train.distributed import process_state
 from fundusgen.train.finetune_diffusers import finetune_pipeline
 
 
