@@ -113,6 +113,11 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
     except OSError as e:
         raise FundusgenError(f"{out}: cannot create output folder ({e.strerror})") from None
     pipe = FundusGen.from_pretrained(model)
+    for text in prompts:  # every prompt checked before the first image is drawn
+        pipe.text_encoder.check_prompt(text)
+    for text in [*(negative_prompts or []), settings.get("negative_prompt")]:
+        if text:  # an empty negative prompt is the unconditional caption
+            pipe.text_encoder.check_prompt(text, "negative prompt")
     settings = {k: v for k, v in settings.items() if v is not None}
     written, images = [], []
     bar = tqdm(total=len(prompts) * num_images, unit="img", desc="generate", disable=not progress)

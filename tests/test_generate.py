@@ -229,6 +229,16 @@ def test_prompts_file_generates_for_every_line(model_dir, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["000_000_seed0.png", "001_000_seed0.png", "contact_sheet.png"]
 
 
+def test_an_overlong_line_of_a_prompts_file_is_named_before_any_image_is_drawn(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("left eye\n# a comment\n" + "a" * 5000 + "\n")
+    out = tmp_path / "batch"
+    assert main(["generate", "--prompts-file", str(prompts), "-n", "1", "-o", str(out), "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fundusgen generate: error: {prompts}:3: prompt of 5000 characters is longer than the 4000 accepted"]
+    assert not out.exists()  # nothing drawn, no folder made
+
+
 def test_seed_per_prompt_gives_every_prompt_its_own_seeds(model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("left eye\nright eye, cataract\n")
@@ -253,7 +263,7 @@ def test_seed_per_prompt_gives_every_prompt_its_own_seeds(model_dir, tmp_path):
     (["x", "--sampler", "rk45"], "unknown sampler"),
     (["x", "--time-shift", "0"], "time shift"),
     (["x", "--guidance-interval", "0.8", "0.2"], "guidance interval"),
-    (["x", "--negative-prompt", "b" * 10000], "10000 characters"),
+    (["x", "--negative-prompt", "b" * 10000], "negative prompt of 10000 characters"),
     ([], "nothing to generate"),
 ])
 def test_bad_input_is_one_clear_line_without_traceback(model_dir, tmp_path, capsys, args, message):

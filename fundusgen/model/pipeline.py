@@ -109,7 +109,7 @@ class FundusGen:
             self.text_encoder.check_prompt(p)
         for p in negatives:
             if p:  # an empty negative prompt is the unconditional caption
-                self.text_encoder.check_prompt(p)
+                self.text_encoder.check_prompt(p, "negative prompt")
         if num_images < 1:
             raise FundusgenError(f"number of images must be at least 1 (got {num_images})")
         if not 1 <= steps <= 1000:

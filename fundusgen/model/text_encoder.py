@@ -55,11 +55,11 @@ class TextEncoder:
         self.window = min(window or limit, limit, self.tokenizer.model_max_length or limit)
         self.dim = getattr(self.model.config, "hidden_size", None) or self.model.config.d_model
 
-    def check_prompt(self, text: str) -> None:
+    def check_prompt(self, text: str, name: str = "prompt") -> None:
         if not text or not text.strip():
-            raise FundusgenError("empty prompt: describe the fundus to generate, or give attributes (--dr-grade, --eye ...)")
+            raise FundusgenError(f"empty {name}: describe the fundus to generate, or give attributes (--dr-grade, --eye ...)")
         if len(text) > MAX_PROMPT_CHARS:
-            raise FundusgenError(f"prompt of {len(text)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
+            raise FundusgenError(f"{name} of {len(text)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
 
     def token_count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
