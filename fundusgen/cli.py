@@ -142,7 +142,7 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from fundusgen.train.run import export_fp16
-    config = export_fp16(args.src, args.dst, guide=args.guide)
+    config = export_fp16(args.src, args.dst, guide=args.guide, stage=args.stage)
     ckpt = config.get("checkpoint")
     taken = (f"; denoiser: EMA of the checkpoint at stage {ckpt['stage']!r} step {ckpt['step']} of {ckpt['of']}"
              if ckpt else "")
@@ -243,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--guide", metavar="FOLDER", help="a model or run folder (e.g. an earlier export of the same run) "
                    "whose denoiser becomes the copy's guide network for `generate --autoguidance W`")
+    p.add_argument("--stage", metavar="NAME", help="from a training run folder: the model as that recipe stage left "
+                   "it (its EMA weights at its end, at its resolution), kept whatever later stages did")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sources", help="list the dataset adapters")

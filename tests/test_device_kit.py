@@ -62,7 +62,12 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     ae.register_to_config(scaling_factor=0.5)
     ae.save_pretrained(str(tmp_path / "trained_ae"), safe_serialization=True)
     denoiser = {**TINY["denoiser"], "model": {**TINY["denoiser"]["model"], "refiner_channels": 8, "refiner_depth": 1},
-                "vessel_weight": 4.0}
+                "vessel_weight": 4.0, "init": str(tmp_path / "trained_dn")}
+    # as configs/h200_continue.yaml: the denoiser goes on from a trained one
+    from fundusgen.model.dit import DiT
+    from fundusgen.model.text_encoder import TextEncoder
+    DiT(in_channels=ae.config.latent_channels, text_dim=TextEncoder().dim, **denoiser["model"]).save_pretrained(
+        str(tmp_path / "trained_dn"), safe_serialization=True)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump({**TINY, "autoencoder": {**TINY["autoencoder"], "init": str(tmp_path / "trained_ae"),
                                                              "steps": 0}, "denoiser": denoiser}))
@@ -72,14 +77,17 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
                     "--vessels", "", "--size", "64", "--out", str(carried), "--wheels-from", str(tmp_path / "wheels")],
                    cwd=ROOT, check=True, capture_output=True)
     assert sorted(p.name for p in carried.iterdir()) == ["part1"] and (carried / "part1" / "ae" / "config.json").is_file()
+    assert (carried / "part1" / "dn" / "config.json").is_file()
     assert (carried / "part1" / "weights" / "vessels" / "model.safetensors").is_file()
     from fundusgen.data.shards import iter_samples
     packed = list(iter_samples(carried / "part1" / "data" / "train"))
     assert packed and all(s["image"].shape == (64, 64, 3) and s["fov"].shape == (64, 64) and s["meta"]["size"] == 64
                           for s in packed)
     (tmp_path / "trained_ae").rename(tmp_path / "gone")  # the device has only what was carried
+    (tmp_path / "trained_dn").rename(tmp_path / "gone_dn")
     env = {**os.environ, "FG": str(tmp_path / "fg"), "CARRIED": str(carried), "RECIPE": str(recipe),
-           "PYTHON": sys.executable, "START_WAIT": "0", "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+           "PYTHON": sys.executable, "START_WAIT": "0", "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1",
+           "KEEP_STAGES": "purified"}
     (tmp_path / "out").mkdir()
 
     def run(*args):
@@ -89,6 +97,8 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     assert "staged" in run("stage")
     run("start")
     assert "train: ended, exit 0" in run("wait", "600")
+    ran = yaml.safe_load((tmp_path / "fg" / "recipe.yaml").read_text())
+    assert ran["denoiser"]["init"] == str(tmp_path / "fg" / "dn") and ran["autoencoder"]["init"] == str(tmp_path / "fg" / "ae")
     run("collect")
     parts = sorted((tmp_path / "out").glob("export.tar.part*"))
     assert parts and all(p.stat().st_size <= 15 * 2 ** 20 for p in parts)
@@ -105,6 +115,8 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     back = pipe.autoencoder.state_dict()  # exported in float16: equal to that precision, not retrained
     assert all(torch.allclose(v, back[k].float(), rtol=1e-3, atol=1e-4) for k, v in trained.state_dict().items())
     assert (tmp_path / "back" / "loss_history.json").is_file() and (tmp_path / "back" / "logs" / "train.log").is_file()
+    earlier = FundusGen.from_pretrained(tmp_path / "back" / "stage_purified")  # KEEP_STAGES: the 32 px stage's model
+    assert earlier.config["resolution"] == 32 and earlier.config["checkpoint"]["stage"] == "purified"
     assert (tmp_path / "fg" / "run" / "vessels.safetensors").is_file()  # the vessel maps, made on the device
 
 

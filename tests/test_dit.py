@@ -36,6 +36,26 @@ def test_position_embeddings_differ_across_the_grid():
     assert torch.cdist(pe, pe).fill_diagonal_(1).min() > 0
 
 
+def test_interpolated_positions_give_a_finer_grid_the_positions_a_model_knows():
+    """pos_grid N: on N x N tokens the positions are the indices, as without it; on 2N x 2N every
+    other token has the position of an N x N token (PixArt-alpha), so a model trained at 256 px
+    starts a 512 px stage from a coherent image rather than from positions it never saw."""
+    assert torch.equal(sincos_2d(32, 4, 4, grid=4), sincos_2d(32, 4, 4))
+    fine = sincos_2d(32, 8, 8, grid=4).reshape(8, 8, 32)
+    assert torch.allclose(fine[::2, ::2].reshape(16, 32), sincos_2d(32, 4, 4), atol=1e-6)
+    assert torch.cdist(fine.reshape(64, 32), fine.reshape(64, 32)).fill_diagonal_(1).min() > 0
+    torch.manual_seed(0)
+    dit = DiT(hidden_size=32, depth=1, num_heads=2, pos_grid=4)
+    for p in dit.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    plain = DiT(hidden_size=32, depth=1, num_heads=2)
+    plain.load_state_dict(dit.state_dict())  # a config value, not a weight: any trained model takes it
+    x, t, text, mask = _inputs(side=8)   # patch 2: 4 x 4 tokens, positions as before
+    assert torch.equal(dit(x, t, text, mask), plain(x, t, text, mask))
+    x, t, text, mask = _inputs(side=16)  # 8 x 8 tokens: positions interpolated
+    assert not torch.allclose(dit(x, t, text, mask), plain(x, t, text, mask))
+
+
 def test_a_refiner_added_to_a_trained_transformer_changes_nothing_until_it_trains():
     torch.manual_seed(0)
     plain = DiT(hidden_size=32, depth=1, num_heads=2)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from fundusgen.cli import main
 from fundusgen.errors import FundusgenError
+from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen
 from fundusgen.train.config import load_recipe
 from model_fixtures import write_retina_folder
@@ -370,6 +371,34 @@ def test_a_run_stopped_mid_training_exports_its_latest_ema_denoiser(prepared, tm
     assert low("left eye", steps=2).images[0].size == (32, 32)
     shutil.rmtree(run / "autoencoder" / "final")
     assert main(["export", str(run), str(tmp_path / "none")]) == 2
+
+
+def test_each_stage_keeps_its_model_and_export_takes_one_by_name(prepared, tmp_path, capsys):
+    """A later stage (another resolution, or cut short by a deadline) does not take an earlier
+    stage's model away: each stage's EMA weights are kept as it ends, and ``export --stage`` gives
+    that stage's model at its resolution."""
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(_recipe(tmp_path / "r.yaml", prepared, run)), "--quiet"]) == 0
+    kept = sorted(p.name for p in (run / "denoiser" / "stages").iterdir())
+    assert kept == ["1_pretrain", "2_purified", "3_highres"]  # no .tmp left behind
+    final = FundusGen.from_pretrained(run / "model").denoiser.state_dict()
+    last = DiT.from_pretrained(str(run / "denoiser" / "stages" / "3_highres")).state_dict()
+    assert all(torch.equal(final[k], last[k]) for k in final)  # the last stage's is the run's model
+    assert main(["export", str(run), str(tmp_path / "low"), "--stage", "purified"]) == 0
+    assert "stage 'purified' step 4 of 4" in capsys.readouterr().out
+    low = FundusGen.from_pretrained(tmp_path / "low")
+    assert low.config["resolution"] == 32 and low.config["time_shift"] == 1.0
+    purified = DiT.from_pretrained(str(run / "denoiser" / "stages" / "2_purified")).state_dict()
+    assert all(torch.equal(purified[k].half().float(), v) for k, v in low.denoiser.state_dict().items())
+    assert any(not torch.equal(purified[k], last[k]) for k in last)
+    assert low("left eye", steps=2).images[0].size == (32, 32)
+    assert main(["export", str(run), str(tmp_path / "x"), "--stage", "polish"]) == 2
+    assert "no stage 'polish' (stages: pretrain, purified, highres)" in capsys.readouterr().err
+    shutil.rmtree(run / "denoiser" / "stages" / "2_purified")
+    assert main(["export", str(run), str(tmp_path / "x"), "--stage", "purified"]) == 2
+    assert "stage 'purified' has not ended yet" in capsys.readouterr().err
+    assert main(["export", str(run / "model"), str(tmp_path / "x"), "--stage", "purified"]) == 2
+    assert "not a training run folder" in capsys.readouterr().err
 
 
 def test_training_captions_say_what_was_measured_and_mirror_the_measured_eye():

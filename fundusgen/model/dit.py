@@ -26,11 +26,15 @@ def modulate(x, shift, scale):
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
-def sincos_2d(dim: int, h: int, w: int, device=None) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embeddings (MAE/DiT), shape (h*w, dim)."""
+def sincos_2d(dim: int, h: int, w: int, device=None, grid: int = 0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings (MAE/DiT), shape (h*w, dim). ``grid``: 0, token
+    positions are their indices; N, positions are scaled so that every token grid spans the N x N
+    grid's range (PixArt-alpha's interpolation: a model trained on N x N tokens sees the positions it
+    knows at a finer grid, e.g. 0, 0.5, 1, ... on 2N x 2N)."""
     def axis(n, d):
         omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float32, device=device) / (d / 2))
-        out = torch.arange(n, dtype=torch.float32, device=device)[:, None] * omega[None]
+        pos = torch.arange(n, dtype=torch.float32, device=device) * (grid / n if grid else 1.0)
+        out = pos[:, None] * omega[None]
         return torch.cat([out.sin(), out.cos()], dim=1)
     ey, ex = axis(h, dim // 2), axis(w, dim // 2)
     return torch.cat([ey[:, None, :].expand(h, w, -1), ex[None, :, :].expand(h, w, -1)], dim=-1).reshape(h * w, dim)
@@ -158,9 +162,10 @@ class DiT(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int = 4, hidden_size: int = 256, depth: int = 8, num_heads: int = 4,
                  patch_size: int = 2, mlp_ratio: float = 4.0, text_dim: int = 384, refiner_channels: int = 0,
-                 refiner_depth: int = 4):
+                 refiner_depth: int = 4, pos_grid: int = 0):
         super().__init__()
         self.patch = patch_size
+        self.pos_grid = pos_grid  # sincos_2d's grid: 0, positions are token indices at every resolution
         self.x_embed = nn.Conv2d(in_channels, hidden_size, patch_size, patch_size)
         self.t_embed = TimestepEmbedder(hidden_size)
         self.caption = CaptionEmbedder(text_dim, hidden_size)
@@ -193,7 +198,7 @@ class DiT(ModelMixin, ConfigMixin):
         b, c, h, w = x.shape
         p = self.patch
         tokens = self.x_embed(x).flatten(2).transpose(1, 2)
-        tokens = tokens + sincos_2d(tokens.shape[-1], h // p, w // p, x.device).to(tokens.dtype)
+        tokens = tokens + sincos_2d(tokens.shape[-1], h // p, w // p, x.device, self.pos_grid).to(tokens.dtype)
         context, pooled = self.caption(text.to(tokens.dtype), text_mask)
         cond = self.t_embed(t) + pooled
         for block in self.blocks:

@@ -52,8 +52,11 @@ class DenoiserModelConfig:
     mlp_ratio: float = 4.0
     refiner_channels: int = 0  # > 0: a convolutional refiner of this width after the transformer (dit.py)
     refiner_depth: int = 4
+    pos_grid: int = 0  # > 0: positions interpolated to this token grid's range at every resolution (dit.sincos_2d)
 
     def __post_init__(self):
+        if self.pos_grid < 0:
+            raise ValueError(f"pos_grid must be 0 (token indices) or a token grid side (got {self.pos_grid})")
         if self.refiner_channels < 0 or self.refiner_channels % REFINER_GROUPS:
             raise ValueError(f"refiner_channels must be 0 or a multiple of {REFINER_GROUPS} (its group norm), "
                              f"not {self.refiner_channels!r}")

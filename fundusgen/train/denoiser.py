@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -124,15 +125,39 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         x0, text, mask, weight = (t if t is None else t.to(acc.device) for t in batch)
         return loss_fn(model, x0, text, mask, g, stage.time_shift, weight)
 
+    def keep_stage(index: int, stage: StageConfig) -> None:
+        # each stage's EMA weights as a model folder of their own (``model_from_run(run, stage=NAME)``,
+        # ``fundusgen export RUN DST --stage NAME``): a later stage, at another resolution or cut short
+        # by a deadline, does not take the earlier one's model away
+        net = acc.unwrap_model(model)
+        ema.store(net.parameters())
+        ema.copy_to(net.parameters())
+        save_model_folder(net, stage_folder(out, index, stage))
+        ema.restore(net.parameters())
+
     history = run_stages(cfg, acc, model, ema, opt, ckpt_path, (stage_i, step), cache, step_loss, out, "denoiser",
-                         progress, lambda stage: set_trainable(acc.unwrap_model(model), stage))
+                         progress, lambda stage: set_trainable(acc.unwrap_model(model), stage), keep_stage)
     if acc.is_main_process:
         net = acc.unwrap_model(model)
         ema.copy_to(net.parameters())
-        net.save_pretrained(str(final), safe_serialization=True)
+        save_model_folder(net, final)
         (out / "loss_history.json").write_text(json.dumps(history))
     acc.wait_for_everyone()  # the other processes read the folder next
     return final
+
+
+def stage_folder(out: Path, index: int, stage: StageConfig) -> Path:
+    """Where a denoiser run keeps stage ``index``'s EMA weights (``out`` is the run's ``denoiser/``)."""
+    return out / "stages" / f"{index + 1}_{stage.name}"
+
+
+def save_model_folder(net, folder: Path) -> None:
+    """``net.save_pretrained(folder)``, atomically: written beside it, then renamed into place."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(str(tmp), safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def set_trainable(model: DiT, stage: StageConfig) -> None:
@@ -160,11 +185,12 @@ def load_init(model: DiT, folder: str) -> None:
 
 def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, ckpt_path: Path,
                start: tuple[int, int], cache: dict, step_loss, out: Path, tag: str, progress: bool,
-               on_stage=None) -> list[float]:
+               on_stage=None, on_stage_end=None) -> list[float]:
     """The recipe's stages from (stage, step) on: learning rate, accumulation, clipping, EMA, logs and
     exact-resume checkpoints. ``step_loss(stage, pool, g)`` draws the step's batch from ``g`` and
     returns its loss; it is all that differs between trainers (``on_stage(stage)``, when given, is
-    called as each stage starts). Returns the losses of this run."""
+    called as each stage starts; ``on_stage_end(index, stage)`` on the main process as each ends,
+    before the checkpoint that moves on to the next). Returns the losses of this run."""
     dc = cfg.denoiser
     stage_i, step = start
     writer = SummaryWriter(str(out / "logs")) if acc.is_main_process else None
@@ -204,6 +230,8 @@ def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, c
             if (step + 1) % cfg.checkpoint_every == 0 or last:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
+                    if last and on_stage_end is not None:
+                        on_stage_end(stage_i, stage)
                     nxt = (stage_i + 1, 0) if last else (stage_i, step + 1)
                     save_checkpoint(ckpt_path, model=acc.unwrap_model(model).state_dict(), ema=ema.state_dict(),
                                     optimizer=opt.state_dict(), stage=nxt[0], step=nxt[1])

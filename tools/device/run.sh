@@ -5,12 +5,14 @@
 #   bash tools/device/run.sh wait SECONDS     follow the logs until both end or SECONDS pass
 #   bash tools/device/run.sh collect          export what the runs hold now into $OUT, in <=15 MiB parts
 # Environment: FG (default /root/fg), RECIPE (default configs/h200.yaml), VESSEL_STEPS (5000),
-# CARRIED (the carried folder, default .device), OUT (set by the device tool), PYTHON (python3).
+# CARRIED (the carried folder, default .device), OUT (set by the device tool), PYTHON (python3),
+# KEEP_STAGES (recipe stage names whose models collect exports too, beside the latest; default none).
 set -euo pipefail
 FG=${FG:-/root/fg}
 RECIPE=${RECIPE:-configs/h200.yaml}
 PYTHON=${PYTHON:-python3}
 VESSEL_STEPS=${VESSEL_STEPS:-5000}
+KEEP_STAGES=${KEEP_STAGES:-}
 CARRIED=${CARRIED:-.device}
 export PYTHONPATH="$FG/code:$FG/site:$FG/env/py${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
@@ -33,9 +35,13 @@ case "${1:-}" in
     if [ -d "$FG/weights" ]; then  # measurement networks carried by pack.py (the tree's are parked)
       cp -r "$FG/weights/." "$FG/code/fundusgen/measure/weights/"
     fi
-    if [ -d "$FG/ae" ]; then  # the recipe's autoencoder.init, carried by pack.py (the shipped weights stay parked)
-      "$PYTHON" -c "import sys, yaml; p = sys.argv[1]; d = yaml.safe_load(open(p)); d['autoencoder']['init'] = sys.argv[2]; yaml.safe_dump(d, open(p, 'w'), sort_keys=False)" "$FG/recipe.yaml" "$FG/ae"
-    fi
+    # the recipe's autoencoder.init and denoiser.init, carried by pack.py (the shipped weights stay parked)
+    for part in autoencoder:ae denoiser:dn; do
+      if [ -d "$FG/${part#*:}" ]; then
+        "$PYTHON" -c "import sys, yaml; p = sys.argv[1]; d = yaml.safe_load(open(p)); d[sys.argv[2]]['init'] = sys.argv[3]; yaml.safe_dump(d, open(p, 'w'), sort_keys=False)" \
+          "$FG/recipe.yaml" "${part%%:*}" "$FG/${part#*:}"
+      fi
+    done
     "$PYTHON" -c "import torch, diffusers, webdataset, fundusgen.train.run; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
     cd "$FG"
     setsid nohup bash -c "'$PYTHON' -m fundusgen.cli train --config recipe.yaml --set data=$FG/data/train --set out=$FG/run \
@@ -64,6 +70,9 @@ case "${1:-}" in
     : "${OUT:?OUT is set by the device tool}"
     cd "$FG"; rm -rf export && mkdir -p export/logs
     "$PYTHON" -m fundusgen.cli export run export/model || echo "no model to export yet" >&2
+    for stage in $KEEP_STAGES; do  # earlier stages' models too, as each ended (e.g. 256 px before a 512 px stage)
+      "$PYTHON" -m fundusgen.cli export run "export/stage_$stage" --stage "$stage" || echo "stage $stage: nothing to export" >&2
+    done
     # the vessel trainer leaves a model folder at every checkpoint
     if [ -f vessels/model.safetensors ]; then cp -r vessels export/vessels && rm -f export/vessels/checkpoint.pt; fi
     cp recipe.yaml export/ ; cp run/recipe.json run/denoiser/loss_history.json export/ 2>/dev/null || true
