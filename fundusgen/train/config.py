@@ -18,6 +18,8 @@ from fundusgen.model.autoencoder import AutoencoderLossWeights
 from fundusgen.model.dit import REFINER_GROUPS
 from fundusgen.model.pipeline import APERTURES
 
+PARALLEL = ("ddp", "fsdp")  # how several processes share the denoiser (RecipeConfig.parallel)
+
 
 @dataclass
 class AutoencoderModelConfig:
@@ -122,6 +124,8 @@ class RecipeConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     mixed_precision: str = "auto"        # auto: bf16 on GPU, fp32 on CPU
+    parallel: str = "ddp"                # several processes: 'ddp' (each holds the whole denoiser) or 'fsdp'
+                                         # (each holds a shard of weights, EMA and optimizer state: distributed.py)
     base_pipeline: str | None = None     # a local diffusers pipeline folder: fine-tune it instead (finetune_diffusers.py)
     exclude_datasets: list[str] = field(default_factory=list)  # datasets held out of training whole: an
                                                                # external real set for `fundusgen evaluate`
@@ -131,6 +135,8 @@ class RecipeConfig:
     def __post_init__(self):
         if self.aperture not in APERTURES:
             raise ValueError(f"aperture must be one of {', '.join(APERTURES)}, not {self.aperture!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, not {self.parallel!r}")
 
 
 def _build(cls, data, where: str):

@@ -25,7 +25,8 @@ from fundusgen.model.flow import RectifiedFlowLoss
 from fundusgen.train.cache import caption_states
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, stages_behind, step_generator
 from fundusgen.train.config import RecipeConfig, StageConfig
-from fundusgen.train.distributed import mixed_precision, new_accelerator
+from fundusgen.train.distributed import (full_states, load_full_states, mixed_precision, new_accelerator,
+                                         shard)
 
 
 def subset_indices(cache: dict, stage: StageConfig, min_quality: float) -> torch.Tensor:
@@ -102,18 +103,22 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     model = DiT(in_channels=latent_channels, text_dim=text_dim, **asdict(dc.model))
     if dc.init and not ckpt_path.exists():
         load_init(model, dc.init)
+    sharded = cfg.parallel == "fsdp" and acc.num_processes > 1
+    if sharded:  # before the EMA and the optimizer, which then hold shards too
+        model = shard(model.to(acc.device), [*model.blocks, *([model.refiner] if model.refiner is not None else [])])
     ema = EMAModel(model.parameters(), decay=dc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=dc.stages[0].lr, weight_decay=0.0)
     loss_fn = RectifiedFlowLoss(dc.timestep_sampling)
     stage_i, step = 0, 0
     state = load_checkpoint(ckpt_path)
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
+        load_full_states(model, ema, opt, state, sharded)
         stage_i, step = int(state["stage"]), int(state["step"])
     set_trainable(model, dc.stages[min(stage_i, len(dc.stages) - 1)])  # before DDP wraps it: DDP fixes what trains
-    model, opt = acc.prepare(model, opt)
+    if sharded:
+        opt = acc.prepare(opt)  # accumulation and precision from accelerate; the sharding is FSDP's
+    else:
+        model, opt = acc.prepare(model, opt)
     ema.to(acc.device)
     if acc.device.type != "cpu":
         # batches gathered on the host kept an H100 at 32% busy (6 steps/s instead of 16); the
@@ -125,25 +130,31 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         x0, text, mask, weight = (t if t is None else t.to(acc.device) for t in batch)
         return loss_fn(model, x0, text, mask, g, stage.time_shift, weight)
 
-    def keep_stage(index: int, stage: StageConfig) -> None:
-        # each stage's EMA weights as a model folder of their own (``model_from_run(run, stage=NAME)``,
-        # ``fundusgen export RUN DST --stage NAME``): a later stage, at another resolution or cut short
-        # by a deadline, does not take the earlier one's model away
-        net = acc.unwrap_model(model)
-        ema.store(net.parameters())
-        ema.copy_to(net.parameters())
-        save_model_folder(net, stage_folder(out, index, stage))
-        ema.restore(net.parameters())
+    def save_ema(folder: Path) -> None:  # every process calls it: under FSDP the shards are gathered
+        weights = ema_weights(acc.unwrap_model(model), ema, sharded)
+        if acc.is_main_process:
+            net = DiT.from_config(acc.unwrap_model(model).config)
+            net.load_state_dict(weights)
+            save_model_folder(net, folder)
 
+    # each stage's EMA weights as a model folder of their own (``model_from_run(run, stage=NAME)``,
+    # ``fundusgen export RUN DST --stage NAME``): a later stage, at another resolution or cut short
+    # by a deadline, does not take the earlier one's model away
     history = run_stages(cfg, acc, model, ema, opt, ckpt_path, (stage_i, step), cache, step_loss, out, "denoiser",
-                         progress, lambda stage: set_trainable(acc.unwrap_model(model), stage), keep_stage)
+                         progress, lambda stage: set_trainable(acc.unwrap_model(model), stage),
+                         lambda index, stage: save_ema(stage_folder(out, index, stage)), sharded)
+    save_ema(final)
     if acc.is_main_process:
-        net = acc.unwrap_model(model)
-        ema.copy_to(net.parameters())
-        save_model_folder(net, final)
         (out / "loss_history.json").write_text(json.dumps(history))
     acc.wait_for_everyone()  # the other processes read the folder next
     return final
+
+
+def ema_weights(net, ema: EMAModel, sharded: bool) -> dict:
+    """The EMA weights by name, whole and on the CPU (under FSDP gathered: every process calls it)."""
+    shadows = [(s.full_tensor() if sharded else s).detach().cpu() for s in ema.shadow_params]
+    return {**dict(zip((n for n, _ in net.named_parameters()), shadows)),
+            **{n: b.detach().cpu() for n, b in net.named_buffers()}}
 
 
 def stage_folder(out: Path, index: int, stage: StageConfig) -> Path:
@@ -185,12 +196,13 @@ def load_init(model: DiT, folder: str) -> None:
 
 def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, ckpt_path: Path,
                start: tuple[int, int], cache: dict, step_loss, out: Path, tag: str, progress: bool,
-               on_stage=None, on_stage_end=None) -> list[float]:
+               on_stage=None, on_stage_end=None, sharded: bool = False) -> list[float]:
     """The recipe's stages from (stage, step) on: learning rate, accumulation, clipping, EMA, logs and
     exact-resume checkpoints. ``step_loss(stage, pool, g)`` draws the step's batch from ``g`` and
     returns its loss; it is all that differs between trainers (``on_stage(stage)``, when given, is
-    called as each stage starts; ``on_stage_end(index, stage)`` on the main process as each ends,
-    before the checkpoint that moves on to the next). Returns the losses of this run."""
+    called as each stage starts; ``on_stage_end(index, stage)`` on every process as each ends,
+    before the checkpoint that moves on to the next; ``sharded``: the model, EMA and optimizer are
+    FSDP shards, gathered whole for each checkpoint). Returns the losses of this run."""
     dc = cfg.denoiser
     stage_i, step = start
     writer = SummaryWriter(str(out / "logs")) if acc.is_main_process else None
@@ -229,12 +241,13 @@ def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, c
                                       offset + step)
             if (step + 1) % cfg.checkpoint_every == 0 or last:
                 acc.wait_for_everyone()
+                if last and on_stage_end is not None:
+                    on_stage_end(stage_i, stage)
+                weights, averaged, optimizer = full_states(acc.unwrap_model(model), ema, opt, sharded)
                 if acc.is_main_process:
-                    if last and on_stage_end is not None:
-                        on_stage_end(stage_i, stage)
                     nxt = (stage_i + 1, 0) if last else (stage_i, step + 1)
-                    save_checkpoint(ckpt_path, model=acc.unwrap_model(model).state_dict(), ema=ema.state_dict(),
-                                    optimizer=opt.state_dict(), stage=nxt[0], step=nxt[1])
+                    save_checkpoint(ckpt_path, model=weights, ema=averaged, optimizer=optimizer,
+                                    stage=nxt[0], step=nxt[1])
         offset += stage.steps
         stage_i, step = stage_i + 1, 0
     if writer:

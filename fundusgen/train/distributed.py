@@ -34,3 +34,53 @@ def new_accelerator(**kwargs) -> Accelerator:
     process_state()
     AcceleratorState._reset_state()
     return Accelerator(**kwargs)
+
+
+# FSDP (recipe `parallel: fsdp`): PyTorch's fully_shard (FSDP2) applied here rather than through
+# accelerate's FSDP plugin, which accelerate refuses on CPUs (it falls back to DDP there), so the same
+# code is tested with two CPU processes over gloo and runs on GPUs; accelerate still does precision,
+# accumulation and the optimizer. Weights, EMA and optimizer state are sharded over the processes;
+# checkpoints hold them whole, so a run resumes under any process count and exports as before.
+
+def shard(model: torch.nn.Module, units) -> torch.nn.Module:
+    """Shard ``model`` over the processes: each unit (a transformer block, the refiner) gathers its
+    weights around its own forward and backward only; the root keeps the rest (embeddings, head)."""
+    from torch.distributed.fsdp import fully_shard
+    for unit in units:
+        fully_shard(unit)
+    return fully_shard(model)
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_states(model, ema, opt, sharded: bool) -> tuple[dict, dict, dict]:
+    """Whole (unsharded) model, EMA and optimizer states for a checkpoint. Under FSDP every process
+    must call it (the shards are gathered); the CPU copies land on the main process only."""
+    if not sharded:
+        return model.state_dict(), ema.state_dict(), opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    weights = get_model_state_dict(model, options=_options(cpu_offload=True))
+    optimizer = get_optimizer_state_dict(model, getattr(opt, "optimizer", opt), options=_options(cpu_offload=True))
+    averaged = ema.state_dict()
+    averaged["shadow_params"] = [p.full_tensor().cpu() for p in averaged["shadow_params"]]
+    return weights, averaged, optimizer
+
+
+def load_full_states(model, ema, opt, state: dict, sharded: bool) -> None:
+    """The inverse of ``full_states``: each process takes its shard of the whole states."""
+    if not sharded:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.tensor import distribute_tensor
+    set_model_state_dict(model, state["model"], options=_options())
+    set_optimizer_state_dict(model, getattr(opt, "optimizer", opt), state["optimizer"], options=_options())
+    ema.load_state_dict(state["ema"])
+    ema.shadow_params = [distribute_tensor(s.to(p.device), p.device_mesh, p.placements)
+                         for s, p in zip(ema.shadow_params, model.parameters())]
+

@@ -202,6 +202,9 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     if dc.vessel_weight > 0:  # its objectives (epsilon or flow) take no spatial weight yet
         raise FundusgenError("denoiser.vessel_weight applies to fundusgen's own denoiser, not to a fine-tuned "
                              "diffusers pipeline (base_pipeline): leave it at 0")
+    if cfg.parallel != "ddp":
+        raise FundusgenError(f"parallel: {cfg.parallel} shards fundusgen's own denoiser; a fine-tuned diffusers "
+                             "pipeline (base_pipeline) trains with parallel: ddp")
     pipe, family = load_pipeline(cfg.base_pipeline)
     multiple = _size_multiple(pipe, family)
     flow = "FlowMatch" in type(pipe.scheduler).__name__
