@@ -146,3 +146,19 @@ def test_the_compact_copy_keeps_measurements_and_purify_verdicts_in_its_new_shar
     original, _ = caption_sources(src)
     assert measured == {k: original[k] for k in train}
     assert kept == set(keys[::2]) & train
+
+
+def test_packing_for_purified_stages_refuses_a_folder_purify_kept_nothing_of(tmp_path):
+    """purify keeps no image it has no caption for: packing says so on the CPU, where a recipe with
+    purified stages would otherwise fail minutes into a lease."""
+    import pandas as pd
+    write_retina_folder(tmp_path / "raw", n_per_class=2)
+    src = tmp_path / "prepared"
+    assert main(["prepare", "--source", f"image_folder={tmp_path / 'raw'}", "--out", str(src), "--size", "64",
+                 "--workers", "1", "--quiet"]) == 0
+    pd.DataFrame({"key": pd.Series([], dtype=str)}).to_parquet(src / "purified.parquet")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))  # its second and third stages train on the purified subset
+    with pytest.raises(SystemExit, match="purify` kept none of the training images"):
+        pack.main(["--recipe", str(recipe), "--prepared", str(src), "--vessels", "", "--size", "0",
+                   "--out", str(tmp_path / ".device")])

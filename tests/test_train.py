@@ -304,6 +304,19 @@ def test_fsdp_trains_what_ddp_trains_and_resumes_exactly_from_whole_checkpoints(
     assert all(torch.equal(fsdp[k], later[k]) for k in fsdp)
 
 
+def test_an_empty_purified_subset_is_one_clear_error_naming_the_stage():
+    from fundusgen.train.config import StageConfig
+    from fundusgen.train.denoiser import subset_indices
+    cache = {"caption_ids": torch.zeros(4, 2), "quality": torch.tensor([0.9, 0.9, 0.2, 0.9]),
+             "purified": torch.tensor([0, 0, 1, 0], dtype=torch.uint8)}
+    stage = StageConfig("polish", 64, "purified", 3)
+    with pytest.raises(FundusgenError, match=r"stage 'polish': its 'purified' subset is empty: of the 4 training "
+                                             r"images 1 were kept by `fundusgen purify` and 3 have a quality score"):
+        subset_indices(cache, stage, 0.5)
+    assert subset_indices({**cache, "purified": torch.ones(4)}, stage, 0.5).tolist() == [0, 1, 3]
+    assert subset_indices(cache, StageConfig("all", 64, "all", 3), 0.5).tolist() == [0, 1, 2, 3]
+
+
 def test_each_process_draws_its_own_steps_and_the_first_draws_what_one_process_would():
     from fundusgen.train.checkpoint import step_generator
     draws = {rank: torch.rand(4, generator=step_generator(7, 12, rank)) for rank in range(3)}

@@ -36,10 +36,14 @@ def subset_indices(cache: dict, stage: StageConfig, min_quality: float) -> torch
     if stage.subset == "all":
         return torch.arange(n)
     if stage.subset == "purified":
-        keep = cache["quality"].cpu() >= min_quality
-        if "purified" in cache:  # caches written before purify's verdicts were read have none
-            keep &= cache["purified"].cpu().bool()
-        return torch.nonzero(keep).flatten()
+        good = cache["quality"].cpu() >= min_quality
+        kept = cache["purified"].cpu().bool() if "purified" in cache else torch.ones_like(good)  # older caches: none
+        pool = torch.nonzero(good & kept).flatten()
+        if len(pool) == 0:  # said before the first step, not as an empty draw inside it
+            raise FundusgenError(f"stage {stage.name!r}: its 'purified' subset is empty: of the {n} training images "
+                                 f"{int(kept.sum())} were kept by `fundusgen purify` and {int(good.sum())} have a "
+                                 f"quality score of at least denoiser.min_quality {min_quality}")
+        return pool
     raise FundusgenError(f"stage {stage.name!r}: unknown subset {stage.subset!r} (all | purified)")
 
 
@@ -84,9 +88,10 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     ckpt_path = out / "checkpoint.pt"
     if (final / "config.json").exists() and not stages_behind(ckpt_path, len(dc.stages)):
         return final  # done; a recipe given more stages since goes on from the checkpoint
-    for stage in dc.stages:
+    for stage in dc.stages:  # every stage's inputs checked before the first one trains
         if f"latents_{stage.resolution}" not in cache:
             raise FundusgenError(f"stage {stage.name!r}: no cached latents at {stage.resolution} px")
+        subset_indices(cache, stage, dc.min_quality)
         if dc.vessel_weight > 0 and f"vessels_{stage.resolution}" not in cache:
             raise FundusgenError(f"stage {stage.name!r}: vessel_weight is set but no vessel maps are cached at "
                                  f"{stage.resolution} px")

@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jpeg-quality", type=int, default=85,
                     help="of the carried training images (85: 8.1 KB per 256 px photograph, against 10.3 KB at 90, "
                     "so the 4,395 of data/prepared512 and the rest travel in two calls, not three)")
+    ap.add_argument("--shard-size", type=int, default=250,
+                    help="images per carried shard (small shards let the parts be filled closely: 250 at 512 px is "
+                    "about 6 MiB a shard)")
     ap.add_argument("--wheels-from", help="a folder already holding the wheels (default: pip download them)")
     ap.add_argument("--budget-mib", type=float, help="bytes per part (default: 64 MiB less the parked working tree, "
                     "less 1 MiB)")
@@ -208,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     staging = out / "all"
     n = compact_copy(Path(args.prepared), staging / "data" / "train", desc="training images",
                      keep=lambda m: m["split"] == "train" and m["record"]["dataset"] not in excluded,
-                     quality=args.jpeg_quality, masks=False, size=args.size or None)
+                     quality=args.jpeg_quality, masks=False, size=args.size or None, shard_size=args.shard_size)
     print(f"{n} training images (excluded: {', '.join(sorted(excluded)) or 'none'})")
+    if any(stage.subset == "purified" for stage in recipe.denoiser.stages):
+        _, kept = caption_sources(staging / "data" / "train")
+        if kept is not None and not kept:  # found here, not minutes into a lease
+            raise SystemExit(f"{args.prepared}: `fundusgen purify` kept none of the training images (was "
+                             f"`fundusgen caption {args.prepared} --writer template` run before it?): the recipe's "
+                             "purified stages would have nothing to train on")
+        print(f"{n if kept is None else len(kept)} of them in the purified subset (`fundusgen purify`)")
     if args.vessels:
         n = compact_copy(Path(args.vessels), staging / "data" / "vessels", desc="vessel images", quality=95, masks=True,
                          keep=lambda m: "vessels" in m["record"]["masks"]
