@@ -194,6 +194,31 @@ def test_a_fine_tune_killed_with_sigkill_resumes_to_exactly_the_same_weights(sd,
     assert all(torch.equal(a[k], b[k]) for k in a), "unet weights differ after resuming"
 
 
+def test_fsdp_fine_tunes_a_pipeline_as_ddp_does(sd, prepared, tmp_path):
+    """``parallel: fsdp`` on two CPU processes: the UNet's down, mid and up blocks sharded, the same
+    losses as DDP and the same weights to rounding, saved as a whole pipeline that generates."""
+    import yaml
+    base, _ = sd
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    runs = {}
+    for parallel in ("ddp", "fsdp"):
+        recipe = _recipe(tmp_path / f"{parallel}.yaml", prepared, base, tmp_path / parallel)
+        spec = yaml.safe_load(recipe.read_text())
+        spec["parallel"] = parallel
+        spec["denoiser"]["stages"] = spec["denoiser"]["stages"][:1] + spec["denoiser"]["stages"][2:]
+        spec["denoiser"]["stages"][0]["steps"], spec["denoiser"]["stages"][1]["steps"] = 4, 2
+        recipe.write_text(yaml.safe_dump(spec))
+        done = subprocess.run(launch + ["-m", "fundusgen.cli", "train", "--config", str(recipe), "--quiet"],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[parallel] = tmp_path / parallel
+    losses = {k: json.loads((run / "loss_history.json").read_text()) for k, run in runs.items()}
+    assert len(losses["fsdp"]) == 6 and losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-4)
+    a, b = _weights(runs["ddp"] / "pipeline" / "unet"), _weights(runs["fsdp"] / "pipeline" / "unet")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=5e-4) for k in a)
+    _generates_and_changed(base, runs["fsdp"] / "pipeline", "unet")
+
+
 def test_an_unsupported_folder_is_refused_in_one_line(prepared, tmp_path, capsys):
     other = tmp_path / "kandinsky"
     other.mkdir()

@@ -158,8 +158,8 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
 def ema_weights(net, ema: EMAModel, sharded: bool) -> dict:
     """The EMA weights by name, whole and on the CPU (under FSDP gathered: every process calls it)."""
     shadows = [(s.full_tensor() if sharded else s).detach().cpu() for s in ema.shadow_params]
-    return {**dict(zip((n for n, _ in net.named_parameters()), shadows)),
-            **{n: b.detach().cpu() for n, b in net.named_buffers()}}
+    weights = dict(zip((n for n, _ in net.named_parameters()), shadows))
+    return {**weights, **{n: v.detach().cpu() for n, v in net.state_dict().items() if n not in weights}}  # + buffers
 
 
 def stage_folder(out: Path, index: int, stage: StageConfig) -> Path:

@@ -51,6 +51,18 @@ def shard(model: torch.nn.Module, units) -> torch.nn.Module:
     return fully_shard(model)
 
 
+def block_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """A diffusers denoiser's repeated blocks (UNet down/mid/up blocks, a transformer's blocks): the
+    units ``shard`` gathers one at a time."""
+    units = []
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.ModuleList) and name.endswith("blocks"):
+            units += list(child)
+        elif name == "mid_block" and child is not None:
+            units.append(child)
+    return units
+
+
 def _options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
     return StateDictOptions(full_state_dict=True, **kw)

@@ -31,8 +31,8 @@ from fundusgen.train.cache import (cache_is_current, caption_sources, captions_f
 from fundusgen.train.checkpoint import load_checkpoint
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
-from fundusgen.train.denoiser import make_batch, run_stages
-from fundusgen.train.distributed import mixed_precision, new_accelerator
+from fundusgen.train.denoiser import ema_weights, make_batch, run_stages
+from fundusgen.train.distributed import block_units, load_full_states, mixed_precision, new_accelerator, shard
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 SUPPORTED = "StableDiffusionPipeline (SD 1.x/2.x), StableDiffusionXLPipeline (SDXL), StableDiffusion3Pipeline (SD3)"
@@ -202,9 +202,6 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     if dc.vessel_weight > 0:  # its objectives (epsilon or flow) take no spatial weight yet
         raise FundusgenError("denoiser.vessel_weight applies to fundusgen's own denoiser, not to a fine-tuned "
                              "diffusers pipeline (base_pipeline): leave it at 0")
-    if cfg.parallel != "ddp":
-        raise FundusgenError(f"parallel: {cfg.parallel} shards fundusgen's own denoiser; a fine-tuned diffusers "
-                             "pipeline (base_pipeline) trains with parallel: ddp")
     pipe, family = load_pipeline(cfg.base_pipeline)
     multiple = _size_multiple(pipe, family)
     flow = "FlowMatch" in type(pipe.scheduler).__name__
@@ -229,6 +226,10 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
         if isinstance(part, torch.nn.Module) and part is not model:
             part.requires_grad_(False).to("cpu")
     model.train().requires_grad_(True)
+    plain_cls, config = type(model), model.config
+    sharded = cfg.parallel == "fsdp" and acc.num_processes > 1
+    if sharded:  # its blocks sharded over the processes (distributed.py), before the EMA and optimizer
+        model = shard(model, block_units(model))
     objective = objective_for(pipe.scheduler, dc.timestep_sampling)
     ema = EMAModel(model.parameters(), decay=dc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=dc.stages[0].lr, weight_decay=0.0)
@@ -236,11 +237,12 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     stage_i, step = 0, 0
     state = load_checkpoint(ckpt_path)
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
+        load_full_states(model, ema, opt, state, sharded)
         stage_i, step = int(state["stage"]), int(state["step"])
-    model, opt = acc.prepare(model, opt)
+    if sharded:
+        opt = acc.prepare(opt)
+    else:
+        model, opt = acc.prepare(model, opt)
     ema.to(acc.device)
     # make_batch draws images, flips, caption variants and dropout from the step's generator; given
     # caption ids as its 'text' table it returns the drawn ids, so pooled embeddings follow the same draw
@@ -255,10 +257,15 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
         return objective(_conditioned(model, family, text, pooled, stage.resolution), x0.to(acc.device), g, *shift)
 
     history = run_stages(cfg, acc, model, ema, opt, ckpt_path, (stage_i, step), cache, step_loss, out, "finetune",
-                         progress)
+                         progress, sharded=sharded)
+    weights = ema_weights(acc.unwrap_model(model), ema, sharded) if sharded else None  # gathered by every process
     if acc.is_main_process:
-        net = acc.unwrap_model(model)
-        ema.copy_to(net.parameters())
+        if sharded:
+            net = plain_cls.from_config(config)
+            net.load_state_dict(weights)
+        else:
+            net = acc.unwrap_model(model)
+            ema.copy_to(net.parameters())
         setattr(pipe, name, net.eval().to("cpu"))
         tmp = out / ".pipeline.tmp"  # written aside and renamed: a kill never leaves a half-saved pipeline
         shutil.rmtree(tmp, ignore_errors=True)
