@@ -302,6 +302,11 @@ def test_fsdp_trains_what_ddp_trains_and_resumes_exactly_from_whole_checkpoints(
     train("later", parallel="fsdp", denoiser={**small["denoiser"], "stages": stages[:1]})
     later = weights(train("later", parallel="fsdp"))
     assert all(torch.equal(fsdp[k], later[k]) for k in fsdp)
+    # checkpoints have one layout: a DDP run's first stage goes on under FSDP, and an FSDP run's under DDP
+    train("switch", denoiser={**small["denoiser"], "stages": stages[:1]})
+    assert all(torch.allclose(ddp[k], v, atol=5e-4) for k, v in weights(train("switch", parallel="fsdp")).items())
+    train("back", parallel="fsdp", denoiser={**small["denoiser"], "stages": stages[:1]})
+    assert all(torch.allclose(ddp[k], v, atol=5e-4) for k, v in weights(train("back")).items())
 
 
 def test_an_empty_purified_subset_is_one_clear_error_naming_the_stage():

@@ -68,9 +68,20 @@ def _options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
+def _renumber(optimizer: dict, keys: list) -> dict:
+    """An optimizer state keyed by parameter name (torch.distributed.checkpoint's) as one keyed by
+    parameter index (``Optimizer.state_dict``'s), or back (``keys``: the names or the indices, in the
+    model's parameter order), so a checkpoint has one layout whether or not it was sharded."""
+    old = [n for g in optimizer["param_groups"] for n in g["params"]]
+    new = {o: keys[i] for i, o in enumerate(old)}
+    return {"state": {new[k]: v for k, v in optimizer["state"].items()},
+            "param_groups": [{**g, "params": [new[n] for n in g["params"]]} for g in optimizer["param_groups"]]}
+
+
 def full_states(model, ema, opt, sharded: bool) -> tuple[dict, dict, dict]:
-    """Whole (unsharded) model, EMA and optimizer states for a checkpoint. Under FSDP every process
-    must call it (the shards are gathered); the CPU copies land on the main process only."""
+    """Whole (unsharded) model, EMA and optimizer states for a checkpoint, laid out as without FSDP
+    (so a run resumes with or without it, under any process count). Under FSDP every process must
+    call it (the shards are gathered); the CPU copies land on the main process only."""
     if not sharded:
         return model.state_dict(), ema.state_dict(), opt.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
@@ -78,6 +89,8 @@ def full_states(model, ema, opt, sharded: bool) -> tuple[dict, dict, dict]:
     optimizer = get_optimizer_state_dict(model, getattr(opt, "optimizer", opt), options=_options(cpu_offload=True))
     averaged = ema.state_dict()
     averaged["shadow_params"] = [p.full_tensor().cpu() for p in averaged["shadow_params"]]
+    if optimizer:  # the main process's; the others hold none
+        optimizer = _renumber(optimizer, list(range(sum(1 for _ in model.parameters()))))
     return weights, averaged, optimizer
 
 
@@ -91,7 +104,8 @@ def load_full_states(model, ema, opt, state: dict, sharded: bool) -> None:
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
     from torch.distributed.tensor import distribute_tensor
     set_model_state_dict(model, state["model"], options=_options())
-    set_optimizer_state_dict(model, getattr(opt, "optimizer", opt), state["optimizer"], options=_options())
+    by_name = _renumber(state["optimizer"], [n for n, _ in model.named_parameters()])
+    set_optimizer_state_dict(model, getattr(opt, "optimizer", opt), by_name, options=_options())
     ema.load_state_dict(state["ema"])
     ema.shadow_params = [distribute_tensor(s.to(p.device), p.device_mesh, p.placements)
                          for s, p in zip(ema.shadow_params, model.parameters())]
