@@ -78,3 +78,12 @@ def test_strict_purify_drops_flagged_images_too(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "kept 4 of 5" in out and "dropped 1: strict: measured eye disagrees with label" in out
     assert keys[0] not in set(pd.read_parquet(prepared / "purified.parquet").key)
+
+
+def test_purify_of_an_uncaptioned_folder_says_to_caption_it_first(tmp_path, capsys):
+    prepared = write_prepared(tmp_path / "prep", size=128)
+    assert main(["purify", str(prepared)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fundusgen purify: error: {prepared}: no template captions to check "
+                   f"(run `fundusgen caption {prepared} --writer template` first)"]
+    assert not (prepared / "purified.parquet").exists()  # nothing written that would train on nothing

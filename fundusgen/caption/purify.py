@@ -27,6 +27,7 @@ import pandas as pd
 
 from fundusgen.caption.run import read_captions
 from fundusgen.data.shards import atomic_write_bytes, atomic_write_text
+from fundusgen.errors import FundusgenError
 from fundusgen.measure.run import input_shards, read_measurements, read_tar
 from fundusgen.vocab import CataractSeverity
 
@@ -144,10 +145,14 @@ def judge(labels: dict, measured: dict | None, caption: str | None, quality_grad
 
 def purify_folder(folder: str | Path, writer: str = "template", second: str | None = "vlm", strict: bool = False) -> dict:
     folder = Path(folder)
+    shards = input_shards(folder)  # a folder `prepare` did not write is said first
     primary = read_captions(folder, writer)
+    if not primary:  # every image would be dropped for "no caption": say what is missing instead
+        raise FundusgenError(f"{folder}: no {writer} captions to check (run `fundusgen caption {folder} "
+                             f"--writer {writer}` first)")
     other = read_captions(folder, second) if second else {}
     rows, expert = [], []
-    for tar in input_shards(folder):
+    for tar in shards:
         measured = read_measurements(folder, tar.stem)
         for s in read_tar(tar):
             meta = json.loads(s["json"])
