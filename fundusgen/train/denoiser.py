@@ -26,7 +26,7 @@ from fundusgen.train.cache import caption_states
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, stages_behind, step_generator
 from fundusgen.train.config import RecipeConfig, StageConfig
 from fundusgen.train.distributed import (full_states, load_full_states, mixed_precision, new_accelerator,
-                                         shard)
+                                         prepare, shard, uses_fsdp)
 
 
 def subset_indices(cache: dict, stage: StageConfig, min_quality: float) -> torch.Tensor:
@@ -108,7 +108,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
     model = DiT(in_channels=latent_channels, text_dim=text_dim, **asdict(dc.model))
     if dc.init and not ckpt_path.exists():
         load_init(model, dc.init)
-    sharded = cfg.parallel == "fsdp" and acc.num_processes > 1
+    sharded = uses_fsdp(cfg, acc)
     if sharded:  # before the EMA and the optimizer, which then hold shards too
         model = shard(model.to(acc.device), [*model.blocks, *([model.refiner] if model.refiner is not None else [])])
     ema = EMAModel(model.parameters(), decay=dc.ema_decay)
@@ -120,10 +120,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         load_full_states(model, ema, opt, state, sharded)
         stage_i, step = int(state["stage"]), int(state["step"])
     set_trainable(model, dc.stages[min(stage_i, len(dc.stages) - 1)])  # before DDP wraps it: DDP fixes what trains
-    if sharded:
-        opt = acc.prepare(opt)  # accumulation and precision from accelerate; the sharding is FSDP's
-    else:
-        model, opt = acc.prepare(model, opt)
+    model, opt = prepare(acc, model, opt, sharded)
     ema.to(acc.device)
     if acc.device.type != "cpu":
         # batches gathered on the host kept an H100 at 32% busy (6 steps/s instead of 16); the
@@ -248,7 +245,8 @@ def run_stages(cfg: RecipeConfig, acc: Accelerator, model, ema: EMAModel, opt, c
                 acc.wait_for_everyone()
                 if last and on_stage_end is not None:
                     on_stage_end(stage_i, stage)
-                weights, averaged, optimizer = full_states(acc.unwrap_model(model), ema, opt, sharded)
+                if sharded or acc.is_main_process:  # gathering shards takes every process; else the main one's
+                    weights, averaged, optimizer = full_states(acc.unwrap_model(model), ema, opt, sharded)
                 if acc.is_main_process:
                     nxt = (stage_i + 1, 0) if last else (stage_i, step + 1)
                     save_checkpoint(ckpt_path, model=weights, ema=averaged, optimizer=optimizer,

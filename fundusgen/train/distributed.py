@@ -42,6 +42,19 @@ def new_accelerator(**kwargs) -> Accelerator:
 # accumulation and the optimizer. Weights, EMA and optimizer state are sharded over the processes;
 # checkpoints hold them whole, so a run resumes under any process count and exports as before.
 
+def uses_fsdp(cfg: RecipeConfig, acc: Accelerator) -> bool:
+    """Whether this run shards its denoiser: ``parallel: fsdp`` and more than one process."""
+    return cfg.parallel == "fsdp" and acc.num_processes > 1
+
+
+def prepare(acc: Accelerator, model, opt, sharded: bool):
+    """accelerate's ``prepare`` for the trainers: the model and optimizer, or, when FSDP shards the
+    model already, the optimizer alone (accumulation and precision stay accelerate's)."""
+    if sharded:
+        return model, acc.prepare(opt)
+    return acc.prepare(model, opt)
+
+
 def shard(model: torch.nn.Module, units) -> torch.nn.Module:
     """Shard ``model`` over the processes: each unit (a transformer block, the refiner) gathers its
     weights around its own forward and backward only; the root keeps the rest (embeddings, head)."""

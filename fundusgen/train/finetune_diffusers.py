@@ -32,7 +32,8 @@ from fundusgen.train.checkpoint import load_checkpoint
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
 from fundusgen.train.denoiser import ema_weights, make_batch, run_stages
-from fundusgen.train.distributed import block_units, load_full_states, mixed_precision, new_accelerator, shard
+from fundusgen.train.distributed import (block_units, load_full_states, mixed_precision, new_accelerator, prepare,
+                                         shard, uses_fsdp)
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 SUPPORTED = "StableDiffusionPipeline (SD 1.x/2.x), StableDiffusionXLPipeline (SDXL), StableDiffusion3Pipeline (SD3)"
@@ -227,7 +228,7 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
             part.requires_grad_(False).to("cpu")
     model.train().requires_grad_(True)
     plain_cls, config = type(model), model.config
-    sharded = cfg.parallel == "fsdp" and acc.num_processes > 1
+    sharded = uses_fsdp(cfg, acc)
     if sharded:  # its blocks sharded over the processes (distributed.py), before the EMA and optimizer
         model = shard(model, block_units(model))
     objective = objective_for(pipe.scheduler, dc.timestep_sampling)
@@ -239,10 +240,7 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     if state is not None:
         load_full_states(model, ema, opt, state, sharded)
         stage_i, step = int(state["stage"]), int(state["step"])
-    if sharded:
-        opt = acc.prepare(opt)
-    else:
-        model, opt = acc.prepare(model, opt)
+    model, opt = prepare(acc, model, opt, sharded)
     ema.to(acc.device)
     # make_batch draws images, flips, caption variants and dropout from the step's generator; given
     # caption ids as its 'text' table it returns the drawn ids, so pooled embeddings follow the same draw

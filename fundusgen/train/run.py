@@ -147,12 +147,9 @@ def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = Non
     ``guide``: a model or run folder whose denoiser becomes the copy's guide network for
     autoguidance (``generate --autoguidance W``), typically an earlier export of the same run."""
     load = lambda p: model_from_run(p) if (Path(p) / "recipe.json").is_file() else FundusGen.from_pretrained(p)
-    if stage is not None:
-        if not (Path(src) / "recipe.json").is_file():
-            raise FundusgenError(f"--stage {stage}: {src} is not a training run folder (no recipe.json)")
-        pipe = model_from_run(src, stage)
-    else:
-        pipe = load(Path(src))
+    if stage is not None and not (Path(src) / "recipe.json").is_file():
+        raise FundusgenError(f"--stage {stage}: {src} is not a training run folder (no recipe.json)")
+    pipe = model_from_run(src, stage) if stage is not None else load(Path(src))
     if guide is not None:
         # a model folder's denoiser alone: loading its whole pipeline would load a second text encoder
         pipe.guide = (load(Path(guide)).denoiser if (Path(guide) / "recipe.json").is_file()
