@@ -23,7 +23,7 @@ from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjec
 from fundusgen.cli import main
 from fundusgen.train.cache import load_cache
 from fundusgen.train.config import load_recipe
-from model_fixtures import write_retina_folder
+from model_fixtures import torchrun, write_retina_folder
 
 PROMPT = "left eye, moderate non-proliferative diabetic retinopathy"
 
@@ -199,7 +199,6 @@ def test_fsdp_fine_tunes_a_pipeline_as_ddp_does(sd, prepared, tmp_path):
     losses as DDP and the same weights to rounding, saved as a whole pipeline that generates."""
     import yaml
     base, _ = sd
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     runs = {}
     for parallel in ("ddp", "fsdp"):
         recipe = _recipe(tmp_path / f"{parallel}.yaml", prepared, base, tmp_path / parallel)
@@ -208,8 +207,8 @@ def test_fsdp_fine_tunes_a_pipeline_as_ddp_does(sd, prepared, tmp_path):
         spec["denoiser"]["stages"] = spec["denoiser"]["stages"][:1] + spec["denoiser"]["stages"][2:]
         spec["denoiser"]["stages"][0]["steps"], spec["denoiser"]["stages"][1]["steps"] = 4, 2
         recipe.write_text(yaml.safe_dump(spec))
-        done = subprocess.run(launch + ["-m", "fundusgen.cli", "train", "--config", str(recipe), "--quiet"],
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+        done = torchrun(["-m", "fundusgen.cli", "train", "--config", str(recipe), "--quiet"], tmp_path / parallel,
+                        timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[parallel] = tmp_path / parallel
     losses = {k: json.loads((run / "loss_history.json").read_text()) for k, run in runs.items()}

@@ -19,7 +19,7 @@ from fundusgen.errors import FundusgenError
 from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen
 from fundusgen.train.config import load_recipe
-from model_fixtures import write_retina_folder
+from model_fixtures import torchrun, write_retina_folder
 
 TINY = {
     "checkpoint_every": 3,
@@ -251,9 +251,7 @@ def test_two_processes_train_one_run_each_drawing_its_own_batches(prepared, tmp_
         runs[name] = recipe
     subprocess.run(_train_cmd(runs["one"]), check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
     # torchrun: what `accelerate launch --multi_gpu` starts on GPUs (accelerate's --cpu launcher wants MPI)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(launch + _train_cmd(runs["two"])[1:], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
+    done = torchrun(_train_cmd(runs["two"])[1:], tmp_path / "two")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "making it again" not in done.stderr  # the second process read the first one's caches
     history = json.loads((tmp_path / "two" / "denoiser" / "loss_history.json").read_text())
@@ -274,13 +272,11 @@ def test_fsdp_trains_what_ddp_trains_and_resumes_exactly_from_whole_checkpoints(
     small = {**TINY, "checkpoint_every": 2, "autoencoder": {**TINY["autoencoder"], "steps": 2},
              "denoiser": {**TINY["denoiser"], "model": {**TINY["denoiser"]["model"], "depth": 2, "refiner_channels": 8,
                                                          "refiner_depth": 1}, "stages": stages}}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
     def train(name: str, **extra) -> Path:
         recipe = tmp_path / f"{name}.yaml"
         recipe.write_text(yaml.safe_dump({**small, "data": str(prepared), "out": str(tmp_path / "runs" / name), **extra}))
-        done = subprocess.run(launch + _train_cmd(recipe)[1:], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                              capture_output=True, text=True, timeout=600)
+        done = torchrun(_train_cmd(recipe)[1:], tmp_path / "runs" / name)
         assert done.returncode == 0, done.stderr[-3000:]
         return tmp_path / "runs" / name
 
