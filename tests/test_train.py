@@ -175,6 +175,13 @@ def test_a_vessel_weighted_loss_caches_vessel_maps_once_and_mirrors_them_with_th
     assert main(["train", "--config", str(diffusers), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "vessel_weight" in err[0] and "base_pipeline" in err[0]
+    for anatomy in (-0.5, 2.0):  # the layout's weight: refused below 0, and for a diffusers pipeline
+        spec = {**TINY["denoiser"], "anatomy_weight": anatomy, "stages": [stage]}
+        recipe = _recipe(tmp_path / "a.yaml", prepared, tmp_path / "a", denoiser=spec, base_pipeline=str(tmp_path))
+        assert main(["train", "--config", str(recipe), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("anatomy_weight must be 0 or more" in err[0] if anatomy < 0 else
+                                  "anatomy_weight" in err[0] and "base_pipeline" in err[0])
 
 
 @pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -303,6 +310,58 @@ def test_fsdp_trains_what_ddp_trains_and_resumes_exactly_from_whole_checkpoints(
     assert all(torch.allclose(ddp[k], v, atol=5e-4) for k, v in weights(train("switch", parallel="fsdp")).items())
     train("back", parallel="fsdp", denoiser={**small["denoiser"], "stages": stages[:1]})
     assert all(torch.allclose(ddp[k], v, atol=5e-4) for k, v in weights(train("back")).items())
+
+
+def test_anatomy_maps_mark_the_measured_disc_and_macula_and_add_to_the_vessel_weights(prepared, tmp_path):
+    from fundusgen.train.cache import MACULA_RADIUS_DD, anatomy_map, build_anatomy_maps, load_cache
+    # a disc of diameter 0.2 at (0.8, 0.5) and a fovea 2.5 disc diameters to its left
+    disc, fovea = {"x": 0.8, "y": 0.5, "diameter": 0.2}, {"x": 0.3, "y": 0.5}
+    m = anatomy_map({"disc": disc, "fovea": fovea}, 16)
+    assert m.shape == (16, 16) and 0 <= float(m.min()) and float(m.max()) == 1
+    assert float(m[8, 12]) == 1 and float(m[8, 4]) == 1 and float(m[8, 9]) == 0 and float(m[1, 1]) == 0
+    area = 3.14159 * (0.1 ** 2 + (MACULA_RADIUS_DD * 0.2) ** 2)
+    assert float(m.mean()) == pytest.approx(area, rel=0.05)  # the cells' shares add up to the two disks' area
+    assert torch.equal(anatomy_map({"disc": disc}, 16), anatomy_map({"disc": disc, "fovea": None}, 16))
+    assert float(anatomy_map({"disc": None, "fovea": fovea}, 16).sum()) == 0  # no disc: no scale for the macula
+
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared, data)
+    stage = {"name": "highres", "resolution": 64, "subset": "all", "steps": 2, "batch_size": 4, "lr": 1e-3, "warmup": 0}
+    denoiser = {**TINY["denoiser"], "anatomy_weight": 3.0, "stages": [stage]}
+    recipe = _recipe(tmp_path / "a.yaml", data, tmp_path / "run", denoiser=denoiser)
+    with pytest.raises(FundusgenError, match=r"anatomy_weight needs `fundusgen measure` .* run `fundusgen measure"):
+        from fundusgen.train.run import train
+        train(load_recipe(recipe), progress=False)
+    (data / "measure").mkdir()
+    for tar in sorted((data / "shards").glob("*.tar")):  # every image measured with the same disc and fovea
+        import tarfile
+        with tarfile.open(tar) as t:
+            keys = sorted({Path(n).name.split(".")[0] for n in t.getnames()})
+        (data / "measure" / f"{tar.stem}.jsonl").write_text(
+            "".join(json.dumps({"key": k, "measurements": {"disc": disc, "fovea": fovea}}) + "\n" for k in keys))
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 0
+    assert len(json.loads((tmp_path / "run" / "denoiser" / "loss_history.json").read_text())) == 2
+    cache, info = load_cache(tmp_path / "run" / "cache.safetensors")
+    side = cache["latents_64"].shape[-1]
+    maps = load_file(tmp_path / "run" / "anatomy.safetensors")["anatomy_64"]
+    assert maps.shape == (len(info["keys"]), 1, side, side)
+    assert torch.allclose(maps[0, 0].float(), anatomy_map({"disc": disc, "fovea": fovea}, side), atol=1e-3)
+    before = (tmp_path / "run" / "anatomy.safetensors").stat().st_mtime_ns
+    build_anatomy_maps(data, tmp_path / "run", info["keys"], {64: side})  # current: not made again
+    assert (tmp_path / "run" / "anatomy.safetensors").stat().st_mtime_ns == before
+
+    # both weights together: 1 + 2 x vessels + 3 x anatomy, each mirrored with its latent
+    from fundusgen.train.config import StageConfig
+    from fundusgen.train.denoiser import make_batch
+    cache["anatomy_64"], cache["vessels_64"] = maps, torch.rand(maps.shape).half()
+    x0, _, _, weight = make_batch(cache, info, torch.arange(len(maps)), StageConfig(**stage), 0.0, True,
+                                  torch.Generator().manual_seed(1), vessel_weight=2.0, anatomy_weight=3.0)
+    latents = cache["latents_64"].float()
+    for b in range(len(x0)):
+        i, flipped = next((i, f) for i in range(len(latents)) for f in (False, True)
+                          if torch.equal(x0[b], latents[i].flip(-1) if f else latents[i]))
+        v, a = cache["vessels_64"][i].float(), maps[i].float()
+        assert torch.allclose(weight[b], 1 + 2 * (v.flip(-1) if flipped else v) + 3 * (a.flip(-1) if flipped else a))
 
 
 def test_an_empty_purified_subset_is_one_clear_error_naming_the_stage():

@@ -35,7 +35,7 @@ class RectifiedFlowLoss:
 
     With ``weight`` (B, 1, h, w), a spatial weight per latent cell, the squared error is averaged with
     those weights, L = sum w ||v_theta - (eps - x_0)||^2 / (C sum w): the loss keeps its scale, and
-    cells that weigh more (vessels, ``denoiser.vessel_weight``) count more."""
+    cells that weigh more (vessels, ``denoiser.vessel_weight``; disc and macula, ``anatomy_weight``) count more."""
 
     def __init__(self, timestep_sampling: str = "logit_normal"):
         self.timestep_sampling = timestep_sampling

@@ -12,7 +12,9 @@ tokens on average); a batch is padded to its own longest caption when it is draw
 
 A recipe that weighs its loss by vessels (``denoiser.vessel_weight``) also caches, per image and
 resolution, the vessel network's probability averaged over each latent cell (``vessels.safetensors``,
-beside the cache: added to an existing cache without re-encoding it).
+beside the cache: added to an existing cache without re-encoding it); one that weighs it by the
+layout (``denoiser.anatomy_weight``), each cell's share of the measured disc and macula
+(``anatomy.safetensors``).
 
 Each file is stamped with what it was made from (the prepared folder's index, measurements and
 purify verdicts, the code that writes captions, the networks' weights, the recipe's settings) and
@@ -208,6 +210,47 @@ def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides
         raise FundusgenError(f"{data}: {len(keys) - seen} cached training images are no longer in the folder; "
                              f"delete {out / 'cache.safetensors'} to rebuild the cache")
     atomic_write_file(path, lambda tmp: save_file({f"vessels_{r}": m for r, m in maps.items()}, tmp,
+                                                  metadata={"stamp": stamp_text(stamp)}))
+    return path
+
+
+# The macula the anatomy maps mark: one disc diameter around the measured fovea, the ring
+# against which the anatomy check (fundusgen.measure.disc.dark_spot) finds the fovea's dark centre.
+MACULA_RADIUS_DD = 1.0
+
+
+def anatomy_map(measurements: dict, side: int, supersample: int = 4) -> torch.Tensor:
+    """(side, side) float: the share of each latent cell inside the measured optic disc or within
+    ``MACULA_RADIUS_DD`` disc diameters of the measured fovea (0 where ``fundusgen measure`` found
+    neither). Coordinates are fractions of the square prepared image, as the measurements store them."""
+    disc, fovea = measurements.get("disc"), measurements.get("fovea")
+    n = side * supersample
+    c = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    inside = torch.zeros(n, n, dtype=torch.bool)
+    if disc and disc.get("diameter"):
+        inside |= (x - disc["x"]) ** 2 + (y - disc["y"]) ** 2 <= (disc["diameter"] / 2) ** 2
+        if fovea:
+            inside |= (x - fovea["x"]) ** 2 + (y - fovea["y"]) ** 2 <= (MACULA_RADIUS_DD * disc["diameter"]) ** 2
+    return F.avg_pool2d(inside.float()[None, None], supersample)[0, 0]
+
+
+def build_anatomy_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int]) -> Path:
+    """``anatomy_{res}`` (N, 1, side, side), float16: :func:`anatomy_map` of each cached training image
+    at every resolution's latent grid, in the order of the cache's ``keys``. From the measurements
+    alone (no image is read: seconds for thousands); a folder never measured is one clear error."""
+    path = out / "anatomy.safetensors"
+    stamp = {"keys": keys, "data": data_digest(data), "sides": latent_sides, "macula_dd": MACULA_RADIUS_DD}
+    if cache_is_current(path, stamp):
+        return path
+    measured, _ = caption_sources(data)
+    missing = [k for k in keys if k not in measured]
+    if missing:
+        raise FundusgenError(f"{data}: denoiser.anatomy_weight needs `fundusgen measure` of the training images, and "
+                             f"{len(missing)} of {len(keys)} have none (first: {missing[0]}): run `fundusgen measure "
+                             f"{data}`")
+    maps = {r: torch.stack([anatomy_map(measured[k], s)[None] for k in keys]).half() for r, s in latent_sides.items()}
+    atomic_write_file(path, lambda tmp: save_file({f"anatomy_{r}": m for r, m in maps.items()}, tmp,
                                                   metadata={"stamp": stamp_text(stamp)}))
     return path
 

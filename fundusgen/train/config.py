@@ -107,10 +107,14 @@ class DenoiserTrainConfig:
                                  # it lacks (a refiner added since) keep their initialisation
     vessel_weight: float = 0.0   # > 0: each latent cell's loss weighs 1 + vessel_weight x its vessel fraction
                                  # (the vessel network's, cached once), so thin vessels are not averaged away
+    anatomy_weight: float = 0.0  # > 0: and + anatomy_weight x its share of the measured optic disc and of the
+                                 # macula around the measured fovea (`fundusgen measure`), the layout the
+                                 # anatomy check asks of every image
 
     def __post_init__(self):
-        if not float(self.vessel_weight) >= 0:
-            raise ValueError(f"vessel_weight must be 0 or more, not {self.vessel_weight!r}")
+        for name in ("vessel_weight", "anatomy_weight"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)!r}")
 
 
 @dataclass

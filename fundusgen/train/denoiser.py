@@ -48,10 +48,10 @@ def subset_indices(cache: dict, stage: StageConfig, min_quality: float) -> torch
 
 
 def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConfig, dropout: float, flip: bool,
-               g: torch.Generator, vessel_weight: float = 0.0):
-    """Latents, caption states, mask and loss weights (None unless ``vessel_weight`` > 0: then
-    1 + vessel_weight x each latent cell's cached vessel fraction, mirrored with its latents) for one
-    step, all drawn from the step's generator."""
+               g: torch.Generator, vessel_weight: float = 0.0, anatomy_weight: float = 0.0):
+    """Latents, caption states, mask and loss weights (None unless a weight is > 0: then 1 +
+    vessel_weight x each latent cell's cached vessel fraction + anatomy_weight x its cached share of
+    disc and macula, mirrored with its latents) for one step, all drawn from the step's generator."""
     b = stage.batch_size
     dev = cache["caption_ids"].device  # draws come from the CPU generator wherever the cache lives
     idx = idx_pool[torch.randint(len(idx_pool), (b,), generator=g)].to(dev)
@@ -63,9 +63,10 @@ def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConf
     drop = (torch.rand(b, generator=g) < dropout).to(dev)
     cap = torch.where(drop, torch.full_like(cap, info["null_caption"]), cap)
     weight = None
-    if vessel_weight > 0:
-        vessels = cache[f"vessels_{stage.resolution}"][idx].float()
-        weight = 1.0 + vessel_weight * torch.where(mirror.view(-1, 1, 1, 1), vessels.flip(-1), vessels)
+    for name, w in (("vessels", vessel_weight), ("anatomy", anatomy_weight)):
+        if w > 0:
+            share = cache[f"{name}_{stage.resolution}"][idx].float()
+            weight = (1.0 if weight is None else weight) + w * torch.where(mirror.view(-1, 1, 1, 1), share.flip(-1), share)
     return (x0, *caption_states(cache, cap), weight)
 
 
@@ -92,9 +93,10 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         if f"latents_{stage.resolution}" not in cache:
             raise FundusgenError(f"stage {stage.name!r}: no cached latents at {stage.resolution} px")
         subset_indices(cache, stage, dc.min_quality)
-        if dc.vessel_weight > 0 and f"vessels_{stage.resolution}" not in cache:
-            raise FundusgenError(f"stage {stage.name!r}: vessel_weight is set but no vessel maps are cached at "
-                                 f"{stage.resolution} px")
+        for maps, setting in (("vessels", "vessel_weight"), ("anatomy", "anatomy_weight")):
+            if getattr(dc, setting) > 0 and f"{maps}_{stage.resolution}" not in cache:
+                raise FundusgenError(f"stage {stage.name!r}: {setting} is set but no {maps} maps are cached at "
+                                     f"{stage.resolution} px")
     acc = new_accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=dc.grad_accumulation)
     if any(s.train == "refiner" for s in dc.stages):
         if not dc.model.refiner_channels:
@@ -128,7 +130,8 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         cache = {k: v.to(acc.device) for k, v in cache.items()}
 
     def step_loss(stage, pool, g):
-        batch = make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g, dc.vessel_weight)
+        batch = make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g, dc.vessel_weight,
+                           dc.anatomy_weight)
         x0, text, mask, weight = (t if t is None else t.to(acc.device) for t in batch)
         return loss_fn(model, x0, text, mask, g, stage.time_shift, weight)
 

@@ -200,9 +200,10 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     final = out / "pipeline"
     if (final / "model_index.json").exists():
         return final
-    if dc.vessel_weight > 0:  # its objectives (epsilon or flow) take no spatial weight yet
-        raise FundusgenError("denoiser.vessel_weight applies to fundusgen's own denoiser, not to a fine-tuned "
-                             "diffusers pipeline (base_pipeline): leave it at 0")
+    for setting in ("vessel_weight", "anatomy_weight"):  # its objectives (epsilon or flow) take no spatial weight yet
+        if getattr(dc, setting) > 0:
+            raise FundusgenError(f"denoiser.{setting} applies to fundusgen's own denoiser, not to a fine-tuned "
+                                 "diffusers pipeline (base_pipeline): leave it at 0")
     pipe, family = load_pipeline(cfg.base_pipeline)
     multiple = _size_multiple(pipe, family)
     flow = "FlowMatch" in type(pipe.scheduler).__name__

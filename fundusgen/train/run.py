@@ -17,7 +17,7 @@ from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
-from fundusgen.train.cache import build_cache, build_vessel_maps, load_cache
+from fundusgen.train.cache import build_anatomy_maps, build_cache, build_vessel_maps, load_cache
 from fundusgen.train.checkpoint import load_checkpoint, stages_behind
 from fundusgen.train.config import RecipeConfig, recipe_from_dict
 from fundusgen.train.denoiser import stage_folder, train_denoiser
@@ -44,9 +44,11 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
         cache_path = build_cache(cfg.data, out, vae, text_encoder, resolutions, cfg.denoiser.caption_variants, shown,
                                  exclude_datasets=cfg.exclude_datasets)
         cache, info = load_cache(cache_path)
+        sides = {r: cache[f"latents_{r}"].shape[-1] for r in resolutions}
         if cfg.denoiser.vessel_weight > 0:
-            sides = {r: cache[f"latents_{r}"].shape[-1] for r in resolutions}
             cache.update(load_file(build_vessel_maps(cfg.data, out, info["keys"], sides, shown)))
+        if cfg.denoiser.anatomy_weight > 0:
+            cache.update(load_file(build_anatomy_maps(cfg.data, out, info["keys"], sides)))
     dit_dir = train_denoiser(cfg, cache, info, text_encoder.dim, vae.config.latent_channels, progress)
     model_dir = out / "model"
     if state.is_main_process:
