@@ -66,7 +66,8 @@ def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConf
     for name, w in (("vessels", vessel_weight), ("anatomy", anatomy_weight)):
         if w > 0:
             share = cache[f"{name}_{stage.resolution}"][idx].float()
-            weight = (1.0 if weight is None else weight) + w * torch.where(mirror.view(-1, 1, 1, 1), share.flip(-1), share)
+            share = torch.where(mirror.view(-1, 1, 1, 1), share.flip(-1), share)
+            weight = (1.0 if weight is None else weight) + w * share
     return (x0, *caption_states(cache, cap), weight)
 
 
