@@ -89,6 +89,11 @@ class StageConfig:
             raise ValueError(f"time_shift must be positive, not {self.time_shift!r}")
 
 
+# The cached maps that weigh the denoiser's loss per latent cell, and the recipe setting of each
+# (cache.py makes them, denoiser.make_batch adds them up).
+LOSS_MAPS = {"vessels": "vessel_weight", "anatomy": "anatomy_weight"}
+
+
 @dataclass
 class DenoiserTrainConfig:
     model: DenoiserModelConfig = field(default_factory=DenoiserModelConfig)
@@ -112,7 +117,7 @@ class DenoiserTrainConfig:
                                  # anatomy check asks of every image
 
     def __post_init__(self):
-        for name in ("vessel_weight", "anatomy_weight"):
+        for name in LOSS_MAPS.values():
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)!r}")
 

@@ -24,7 +24,7 @@ from fundusgen.model.dit import DiT
 from fundusgen.model.flow import RectifiedFlowLoss
 from fundusgen.train.cache import caption_states
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, stages_behind, step_generator
-from fundusgen.train.config import RecipeConfig, StageConfig
+from fundusgen.train.config import LOSS_MAPS, RecipeConfig, StageConfig
 from fundusgen.train.distributed import (full_states, load_full_states, mixed_precision, new_accelerator,
                                          prepare, shard, uses_fsdp)
 
@@ -94,7 +94,7 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         if f"latents_{stage.resolution}" not in cache:
             raise FundusgenError(f"stage {stage.name!r}: no cached latents at {stage.resolution} px")
         subset_indices(cache, stage, dc.min_quality)
-        for maps, setting in (("vessels", "vessel_weight"), ("anatomy", "anatomy_weight")):
+        for maps, setting in LOSS_MAPS.items():
             if getattr(dc, setting) > 0 and f"{maps}_{stage.resolution}" not in cache:
                 raise FundusgenError(f"stage {stage.name!r}: {setting} is set but no {maps} maps are cached at "
                                      f"{stage.resolution} px")

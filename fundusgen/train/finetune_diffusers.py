@@ -29,7 +29,7 @@ from fundusgen.model.flow import sample_t, shift_t
 from fundusgen.train.cache import (cache_is_current, caption_sources, captions_for, data_digest, load_cache,
                                    module_digest, save_cache)
 from fundusgen.train.checkpoint import load_checkpoint
-from fundusgen.train.config import RecipeConfig
+from fundusgen.train.config import LOSS_MAPS, RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
 from fundusgen.train.denoiser import ema_weights, make_batch, run_stages
 from fundusgen.train.distributed import (block_units, load_full_states, mixed_precision, new_accelerator, prepare,
@@ -200,7 +200,7 @@ def finetune_pipeline(cfg: RecipeConfig, progress: bool = True) -> Path:
     final = out / "pipeline"
     if (final / "model_index.json").exists():
         return final
-    for setting in ("vessel_weight", "anatomy_weight"):  # its objectives (epsilon or flow) take no spatial weight yet
+    for setting in LOSS_MAPS.values():  # its objectives (epsilon or flow) take no spatial weight yet
         if getattr(dc, setting) > 0:
             raise FundusgenError(f"denoiser.{setting} applies to fundusgen's own denoiser, not to a fine-tuned "
                                  "diffusers pipeline (base_pipeline): leave it at 0")
