@@ -77,7 +77,7 @@ def _prompts(args) -> tuple[list[str], list[dict] | None]:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise FundusgenError(f"{path}: cannot read prompts file ({getattr(e, 'strerror', None) or e})") from None
-        from fundusgen.model.text_encoder import check_prompt
+        from fundusgen.caption.prompt import check_prompt
         prompts = []
         for number, line in enumerate(lines, 1):
             if line.strip() and not line.lstrip().startswith("#"):

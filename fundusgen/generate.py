@@ -24,6 +24,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from fundusgen.caption.prompt import check_prompt
 from fundusgen.data.shards import atomic_write_bytes, atomic_write_text
 from fundusgen.errors import FundusgenError
 
@@ -114,10 +115,10 @@ def generate_to_folder(prompts: list[str], out: Path, model=None, num_images: in
         raise FundusgenError(f"{out}: cannot create output folder ({e.strerror})") from None
     pipe = FundusGen.from_pretrained(model)
     for text in prompts:  # every prompt checked before the first image is drawn
-        pipe.text_encoder.check_prompt(text)
+        check_prompt(text)
     for text in [*(negative_prompts or []), settings.get("negative_prompt")]:
         if text:  # an empty negative prompt is the unconditional caption
-            pipe.text_encoder.check_prompt(text, "negative prompt")
+            check_prompt(text, "negative prompt")
     settings = {k: v for k, v in settings.items() if v is not None}
     written, images = [], []
     bar = tqdm(total=len(prompts) * num_images, unit="img", desc="generate", disable=not progress)

@@ -1,7 +1,8 @@
 import pytest
 
 from fundusgen.errors import FundusgenError
-from fundusgen.model.text_encoder import MAX_PROMPT_CHARS, TextEncoder
+from fundusgen.caption.prompt import MAX_PROMPT_CHARS, check_prompt
+from fundusgen.model.text_encoder import TextEncoder
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +25,11 @@ def test_captions_longer_than_the_window_are_never_cut(encoder):
     assert int(mask.sum()) >= n  # every token is encoded (plus one CLS/SEP pair per window)
 
 
-def test_empty_and_overlong_prompts_are_one_line_errors(encoder):
+def test_empty_and_overlong_prompts_are_one_line_errors():
     with pytest.raises(FundusgenError, match="empty prompt"):
-        encoder.check_prompt("   ")
+        check_prompt("   ")
     with pytest.raises(FundusgenError, match=f"10000 characters.*{MAX_PROMPT_CHARS}"):
-        encoder.check_prompt("a" * 10000)
+        check_prompt("a" * 10000)
 
 
 def test_an_unknown_encoder_path_is_a_clear_error(tmp_path):

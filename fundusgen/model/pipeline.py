@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fundusgen.caption.prompt import check_prompt
 from fundusgen.data.fundus import aperture as aperture_disk
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import FundusAutoencoder
@@ -106,10 +107,10 @@ class FundusGen:
         if not 0.0 <= lo < hi <= 1.0:
             raise FundusgenError(f"guidance interval must be two times 0 <= low < high <= 1 (got {lo}, {hi})")
         for p in prompts:
-            self.text_encoder.check_prompt(p)
+            check_prompt(p)
         for p in negatives:
             if p:  # an empty negative prompt is the unconditional caption
-                self.text_encoder.check_prompt(p, "negative prompt")
+                check_prompt(p, "negative prompt")
         if num_images < 1:
             raise FundusgenError(f"number of images must be at least 1 (got {num_images})")
         if not 1 <= steps <= 1000:

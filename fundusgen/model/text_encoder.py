@@ -15,15 +15,6 @@ import torch
 from fundusgen.errors import FundusgenError
 
 DEFAULT = "minilm"
-MAX_PROMPT_CHARS = 4000   # a longer prompt is an error, not a silent cut
-
-
-def check_prompt(text: str, name: str = "prompt") -> None:
-    """One clear error for an empty or overlong prompt (``name`` says which, e.g. a file's line)."""
-    if not text or not text.strip():
-        raise FundusgenError(f"empty {name}: describe the fundus to generate, or give attributes (--dr-grade, --eye ...)")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise FundusgenError(f"{name} of {len(text)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
 
 
 def bundled_minilm_path() -> Path:
@@ -62,9 +53,6 @@ class TextEncoder:
         limit = getattr(self.model.config, "max_position_embeddings", None) or 512
         self.window = min(window or limit, limit, self.tokenizer.model_max_length or limit)
         self.dim = getattr(self.model.config, "hidden_size", None) or self.model.config.d_model
-
-    def check_prompt(self, text: str, name: str = "prompt") -> None:
-        check_prompt(text, name)
 
     def token_count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -103,13 +103,24 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
     return save_cache(path, tensors, metas, unique, variants, kept, stamp)
 
 
-def caption_code() -> str:
-    """The source of the code that writes training captions (the template, its lesion counts, the
-    clinical vocabulary, ``captions_for``). Any edit to it makes caches again, including edits that
-    leave every caption as it was: remaking a cache costs minutes, training on stale captions a run."""
+def _read_caption_code() -> str:
     from fundusgen import vocab
     from fundusgen.caption import lesions, template
     return "".join(inspect.getsource(m) for m in (template, lesions, vocab, captions_for))
+
+
+# Read once, when this module is imported: inspect reads source files from disk, so a later read would
+# name the files as they are then (or, for captions_for, the wrong lines of an edited file), not the
+# code this process runs; a cache stamped with it would be made again for nothing, or not when due.
+_CAPTION_CODE = _read_caption_code()
+
+
+def caption_code() -> str:
+    """The source of the code that writes training captions (the template, its lesion counts, the
+    clinical vocabulary, ``captions_for``), as this process imported it. Any edit to it makes caches
+    again, including edits that leave every caption as it was: remaking a cache costs minutes, training
+    on stale captions a run."""
+    return _CAPTION_CODE
 
 
 def data_digest(data: str | Path) -> str:

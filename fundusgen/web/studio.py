@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from fundusgen.caption.prompt import MAX_PROMPT_CHARS, check_prompt
 from fundusgen.caption.template import attributes_from_options, contrast_caption, describe
 from fundusgen.errors import FundusgenError
 from fundusgen.vocab import Lesion, Region
@@ -23,7 +24,6 @@ from fundusgen.web.store import Store, now
 
 log = logging.getLogger("fundusgen.web")
 
-MAX_PROMPT_CHARS = 4000
 MAX_IMAGES = 8
 MAX_STEPS = 200
 MAX_RETRIES = 6  # anatomy retries per image: 96% of the default model's images are valid within 6 (model card)
@@ -92,14 +92,12 @@ class GenerationRequest:
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> "GenerationRequest":
         prompt = data.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise FundusgenError("empty prompt: describe the fundus to generate, or compose it from attributes")
+        check_prompt(prompt, empty_hint="describe the fundus to generate, or compose it from attributes")
         negative = data.get("negative_prompt") or ""
         if not isinstance(negative, str):
             raise FundusgenError(f"negative prompt must be text (got {negative!r})")
-        for name, text in (("prompt", prompt), ("negative prompt", negative)):
-            if len(text) > MAX_PROMPT_CHARS:
-                raise FundusgenError(f"{name} of {len(text)} characters is longer than the {MAX_PROMPT_CHARS} accepted")
+        if negative:
+            check_prompt(negative, "negative prompt")
 
         def number(key, kind, low, high, default):
             value = data.get(key)
