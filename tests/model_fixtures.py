@@ -27,6 +27,17 @@ def write_retina_folder(root: Path, n_per_class: int = 4, size: int = 160) -> Pa
     return root
 
 
+def write_measurements(prepared: Path, measurements: dict) -> None:
+    """``measure/<shard>.jsonl`` giving every image of a prepared folder the same ``measurements``, as
+    ``fundusgen measure`` lays them out (for tests that need measured images, not the measuring)."""
+    import json
+    from fundusgen.data.prepare import read_index
+    (prepared / "measure").mkdir(exist_ok=True)
+    for shard, rows in read_index(prepared).groupby("shard"):
+        (prepared / "measure" / shard.replace(".tar", ".jsonl")).write_text(
+            "".join(json.dumps({"key": k, "measurements": measurements}) + "\n" for k in rows["key"]))
+
+
 def tiny_model(path: Path, resolution: int = 64) -> Path:
     """A random-weight FundusGen model folder (tests only: its images are noise)."""
     import torch

@@ -15,7 +15,7 @@ import yaml
 from fundusgen.cli import main
 from fundusgen.model.pipeline import FundusGen
 import test_train as train_recipe
-from model_fixtures import write_retina_folder
+from model_fixtures import write_measurements, write_retina_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / "tools" / "device"
@@ -57,14 +57,7 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
                  "--size", "96", "--workers", "1", "--quiet"]) == 0
     # measured (a disc and a fovea for every image, as `fundusgen measure` writes them), so the loss
     # can weigh the layout (configs/h200_continue.yaml's anatomy_weight) from the carried measurements
-    import json
-    from fundusgen.data.prepare import read_index
-    index = read_index(tmp_path / "prepared")
-    (tmp_path / "prepared" / "measure").mkdir()
-    for shard, rows in index.groupby("shard"):
-        (tmp_path / "prepared" / "measure" / shard.replace(".tar", ".jsonl")).write_text("".join(
-            json.dumps({"key": k, "measurements": {"disc": {"x": 0.3, "y": 0.5, "diameter": 0.2}, "fovea": {"x": 0.6, "y": 0.5}}})
-            + "\n" for k in rows["key"]))
+    write_measurements(tmp_path / "prepared", {"disc": {"x": 0.3, "y": 0.5, "diameter": 0.2}, "fovea": {"x": 0.6, "y": 0.5}})
     # as configs/h200.yaml: a trained autoencoder taken as it is, and a denoiser with a refiner and
     # a vessel- and anatomy-weighted loss, from images carried at the recipe's largest resolution
     from fundusgen.model.autoencoder import FundusAutoencoder

@@ -19,7 +19,7 @@ from fundusgen.errors import FundusgenError
 from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen
 from fundusgen.train.config import load_recipe
-from model_fixtures import torchrun, write_retina_folder
+from model_fixtures import torchrun, write_measurements, write_retina_folder
 
 TINY = {
     "checkpoint_every": 3,
@@ -332,13 +332,7 @@ def test_anatomy_maps_mark_the_measured_disc_and_macula_and_add_to_the_vessel_we
     with pytest.raises(FundusgenError, match=r"anatomy_weight needs `fundusgen measure` .* run `fundusgen measure"):
         from fundusgen.train.run import train
         train(load_recipe(recipe), progress=False)
-    (data / "measure").mkdir()
-    for tar in sorted((data / "shards").glob("*.tar")):  # every image measured with the same disc and fovea
-        import tarfile
-        with tarfile.open(tar) as t:
-            keys = sorted({Path(n).name.split(".")[0] for n in t.getnames()})
-        (data / "measure" / f"{tar.stem}.jsonl").write_text(
-            "".join(json.dumps({"key": k, "measurements": {"disc": disc, "fovea": fovea}}) + "\n" for k in keys))
+    write_measurements(data, {"disc": disc, "fovea": fovea})  # every image measured with the same disc and fovea
     assert main(["train", "--config", str(recipe), "--quiet"]) == 0
     assert len(json.loads((tmp_path / "run" / "denoiser" / "loss_history.json").read_text())) == 2
     cache, info = load_cache(tmp_path / "run" / "cache.safetensors")
