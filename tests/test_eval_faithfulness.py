@@ -184,8 +184,15 @@ def test_records_prompt_set_carries_each_records_whole_label_set(tmp_path, capsy
     assert len(asked) == 2 and all(a in cells for a in asked.values())
     seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "set").glob("0*.json"))
     assert seeds == [0, 1]  # records are a sample of real variety: no two drawn from the same noise
+    # the protocol can measure what `make demo` ships: each failing draw drawn again, the sidecar says so
+    assert fa.main(["generate", str(tmp_path / "checked"), "--records", str(prepared), "--records-n", "1",
+                    "--anatomy-retries", "1", "--model", str(model), "--quiet"]) == 0
+    meta = json.loads(next((tmp_path / "checked").glob("0*.json")).read_text())
+    assert meta["anatomy"]["retries"] == 1 and meta["anatomy"]["attempts"] == 2  # the tiny model draws no fundus
+    assert meta["attributes"] in cells and meta["seed"] == 0
     for bad in (["--records", str(tmp_path / "nowhere")], ["--records", str(prepared), "--records-split", "val"],
-                ["--records", str(prepared), "--records-n", "0"], ["--records", str(prepared), "--per-cell", "0"]):
+                ["--records", str(prepared), "--records-n", "0"], ["--records", str(prepared), "--per-cell", "0"],
+                ["--records", str(prepared), "--anatomy-retries", "-1"]):
         assert fa.main(["generate", str(tmp_path / "bad"), *bad, "--model", str(model), "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("faithfulness: error: ")

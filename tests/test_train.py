@@ -152,7 +152,7 @@ def test_a_vessel_weighted_loss_caches_vessel_maps_once_and_mirrors_them_with_th
     # each drawn latent carries its own map, mirrored when the latent is
     cache["vessels_64"] = maps.half()
     x0, _, _, weight = make_batch(cache, info, torch.arange(len(maps)), StageConfig(**stage), 0.0, True,
-                                  torch.Generator().manual_seed(3), vessel_weight=4.0)
+                                  torch.Generator().manual_seed(3), {"vessels": 4.0})
     flips = 0
     for b in range(len(x0)):
         i, flipped = next((i, f) for i in range(len(latents)) for f in (False, True)
@@ -349,13 +349,16 @@ def test_anatomy_maps_mark_the_measured_disc_and_macula_and_add_to_the_vessel_we
     from fundusgen.train.denoiser import make_batch
     cache["anatomy_64"], cache["vessels_64"] = maps, torch.rand(maps.shape).half()
     x0, _, _, weight = make_batch(cache, info, torch.arange(len(maps)), StageConfig(**stage), 0.0, True,
-                                  torch.Generator().manual_seed(1), vessel_weight=2.0, anatomy_weight=3.0)
+                                  torch.Generator().manual_seed(1), {"vessels": 2.0, "anatomy": 3.0})
     latents = cache["latents_64"].float()
     for b in range(len(x0)):
         i, flipped = next((i, f) for i in range(len(latents)) for f in (False, True)
                           if torch.equal(x0[b], latents[i].flip(-1) if f else latents[i]))
         v, a = cache["vessels_64"][i].float(), maps[i].float()
         assert torch.allclose(weight[b], 1 + 2 * (v.flip(-1) if flipped else v) + 3 * (a.flip(-1) if flipped else a))
+    with pytest.raises(ValueError, match=r"unknown loss maps \['vessel'\]"):  # a misspelt map is not silently unweighted
+        make_batch(cache, info, torch.arange(len(maps)), StageConfig(**stage), 0.0, True, torch.Generator(),
+                   {"vessel": 2.0})
 
 
 def test_an_empty_purified_subset_is_one_clear_error_naming_the_stage():

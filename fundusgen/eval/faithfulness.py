@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="guide away from each cell's reversed findings, as `fundusgen generate` does for "
                         "attribute prompts (default on; --no-contrast: plain classifier-free guidance)")
     g.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    g.add_argument("--anatomy-retries", type=int, default=0, metavar="K",
+                   help="draw an image that fails the anatomy check again, up to K times, as `fundusgen generate "
+                        "--anatomy-retries` and `make demo` do (default 0: the model's own single draws)")
     e = sub.add_parser("score", help="measure generated images against their requested attributes")
     e.add_argument("synthetic")
     e.add_argument("--real", help="a prepared folder whose held-out labels give the ceiling")
@@ -432,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             distinct = args.seed_per_prompt if args.seed_per_prompt is not None else bool(cells)
             written = generate_prompt_set(Path(args.out), per_cell=per_cell, model=args.model, seed=args.seed,
                                           progress=not args.quiet, contrast=args.contrast, guidance=args.guidance,
-                                          cells=cells, seed_per_prompt=distinct)
+                                          cells=cells, seed_per_prompt=distinct,
+                                          anatomy_retries=args.anatomy_retries)
             print(f"wrote {len(written)} images with their attributes to {args.out}")
             return 0
         result = evaluate_faithfulness(Path(args.synthetic), Path(args.real) if args.real else None,

@@ -48,10 +48,11 @@ def subset_indices(cache: dict, stage: StageConfig, min_quality: float) -> torch
 
 
 def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConfig, dropout: float, flip: bool,
-               g: torch.Generator, vessel_weight: float = 0.0, anatomy_weight: float = 0.0):
-    """Latents, caption states, mask and loss weights (None unless a weight is > 0: then 1 +
-    vessel_weight x each latent cell's cached vessel fraction + anatomy_weight x its cached share of
-    disc and macula, mirrored with its latents) for one step, all drawn from the step's generator."""
+               g: torch.Generator, map_weights: dict[str, float] | None = None):
+    """Latents, caption states, mask and loss weights for one step, all drawn from the step's generator.
+    ``map_weights``: cached map name (a key of ``LOSS_MAPS``) -> its weight; the loss weights are None
+    unless one is > 0, else 1 + the sum of weight x each latent cell's cached share of the map (vessel
+    fraction; disc and macula), mirrored with its latents."""
     b = stage.batch_size
     dev = cache["caption_ids"].device  # draws come from the CPU generator wherever the cache lives
     idx = idx_pool[torch.randint(len(idx_pool), (b,), generator=g)].to(dev)
@@ -62,8 +63,12 @@ def make_batch(cache: dict, info: dict, idx_pool: torch.Tensor, stage: StageConf
     cap = cache["caption_ids"][idx, variant * 2 + mirror.long()].long()
     drop = (torch.rand(b, generator=g) < dropout).to(dev)
     cap = torch.where(drop, torch.full_like(cap, info["null_caption"]), cap)
+    map_weights = map_weights or {}
+    if set(map_weights) - set(LOSS_MAPS):
+        raise ValueError(f"unknown loss maps {sorted(set(map_weights) - set(LOSS_MAPS))}: expected {list(LOSS_MAPS)}")
     weight = None
-    for name, w in (("vessels", vessel_weight), ("anatomy", anatomy_weight)):
+    for name in LOSS_MAPS:  # a fixed order: the same sum, bit for bit, however the dict was built
+        w = map_weights.get(name, 0.0)
         if w > 0:
             share = cache[f"{name}_{stage.resolution}"][idx].float()
             share = torch.where(mirror.view(-1, 1, 1, 1), share.flip(-1), share)
@@ -130,9 +135,10 @@ def train_denoiser(cfg: RecipeConfig, cache: dict, info: dict, text_dim: int, la
         # cache (latents and caption states, fp16) fits in accelerator memory many times over
         cache = {k: v.to(acc.device) for k, v in cache.items()}
 
+    map_weights = {maps: getattr(dc, setting) for maps, setting in LOSS_MAPS.items()}
+
     def step_loss(stage, pool, g):
-        batch = make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g, dc.vessel_weight,
-                           dc.anatomy_weight)
+        batch = make_batch(cache, info, pool, stage, dc.caption_dropout, dc.flip, g, map_weights)
         x0, text, mask, weight = (t if t is None else t.to(acc.device) for t in batch)
         return loss_fn(model, x0, text, mask, g, stage.time_shift, weight)
 
