@@ -60,28 +60,49 @@ def test_a_run_draws_both_sets_scores_them_and_resumes(prepared, tmp_path, capsy
     assert table.count("| run (3) |") == 2 and table.count("| run (18) |") == 2
 
 
+def card_report() -> dict:
+    """A report.json holding the shipped model's figures in the model card (2026-12-02)."""
+    return {"realism": {"per_real_set": {"test": {"fid": {"value": 120.0}, "kid": {"value": 0.092, "se": 0.004},
+                                                  "precision": {"value": 0.16}, "recall": {"value": 0.04}}},
+                        "retina_domain": {"per_real_set": {"test": {"fd": 1141.0}}}},
+            "anatomy": {"synthetic": {"n": 100, "valid_share": 0.69, "one_disc_share": 0.83,
+                                      "confirmed_disc_share": 0.5, "fovea_share": 0.73, "vessel_tree_share": 0.96}},
+            "vessels": {"metrics": {"density": {"synthetic": {"mean": 0.05},
+                                                "real": {"test": {"summary": {"mean": 0.094}, "wasserstein": 0.044}}},
+                                    "calibre": {"real": {"test": {"wasserstein": 0.71}}}}},
+            "faithfulness": {"synthetic": {"eye": {"accuracy": 0.93},
+                                           "dr_lesions": {"balanced_accuracy": 0.53, "share_with_lesions_when_dr": 0.09,
+                                                          "share_with_lesions_when_no_dr": 0.03}}},
+            "memorisation": {"flagged": [], "threshold": {"value": 0.91}, "synthetic_quantiles": {"q1": 0.85}}}
+
+
+def card_attributes() -> dict:
+    """A faithfulness score of 72 attribute images, its CDR figures only."""
+    return {"n_synthetic": 72, "synthetic": {"cdr": {"mean_measured_by_requested": {"0.3": 0.5, "0.8": 0.63},
+                                                     "mean_absolute_error": 0.23, "measured_share": 0.94}}}
+
+
 def test_the_summary_reads_the_figures_the_model_card_shows():
-    report = {"realism": {"per_real_set": {"test": {"fid": {"value": 120.0}, "kid": {"value": 0.092, "se": 0.004},
-                                                    "precision": {"value": 0.16}, "recall": {"value": 0.04}}},
-                          "retina_domain": {"per_real_set": {"test": {"fd": 1141.0}}}},
-              "anatomy": {"synthetic": {"n": 100, "valid_share": 0.69, "one_disc_share": 0.83,
-                                        "confirmed_disc_share": 0.5, "fovea_share": 0.73, "vessel_tree_share": 0.96}},
-              "vessels": {"metrics": {"density": {"synthetic": {"mean": 0.05},
-                                                  "real": {"test": {"summary": {"mean": 0.094}, "wasserstein": 0.044}}},
-                                      "calibre": {"real": {"test": {"wasserstein": 0.71}}}}},
-              "faithfulness": {"synthetic": {"eye": {"accuracy": 0.93},
-                                             "dr_lesions": {"balanced_accuracy": 0.53,
-                                                            "share_with_lesions_when_dr": 0.09,
-                                                            "share_with_lesions_when_no_dr": 0.03}}},
-              "memorisation": {"flagged": [], "threshold": {"value": 0.91}, "synthetic_quantiles": {"q1": 0.85}}}
-    s = protocol.summarise_records(report)
+    s = protocol.summarise_records(card_report())
     assert (s["fid"], s["kid"], s["retina_fd"], s["valid"], s["fovea"]) == (120.0, 0.092, 1141.0, 0.69, 0.73)
     assert (s["vessel_density"], s["vessel_density_w1"], s["calibre_w1"]) == (0.05, 0.044, 0.71)
     assert (s["eye"], s["dr_spots_balanced"], s["memorisation_flagged"], s["haze_cataract"]) == (0.93, 0.53, 0, None)
-    attrs = protocol.summarise_attributes({"n_synthetic": 72, "synthetic": {
-        "cdr": {"mean_measured_by_requested": {"0.3": 0.5, "0.8": 0.63}, "mean_absolute_error": 0.23,
-                "measured_share": 0.94}}})
+    attrs = protocol.summarise_attributes(card_attributes())
     assert (attrs["n"], attrs["cdr_for_0.3"], attrs["cdr_for_0.8"], attrs["eye"]) == (72, 0.5, 0.63, None)
+
+
+def test_the_table_names_each_run_its_size_and_its_retries(tmp_path):
+    records, attrs = protocol.summarise_records(card_report()), protocol.summarise_attributes(card_attributes())
+    for name, retries in (("shipped", 0), ("demo", 6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"settings": {"records_n": 100, "per_cell": 4, "anatomy_retries": retries}, "records": records,
+             "attributes": attrs}))
+    table = protocol.markdown_tables([tmp_path / "shipped", tmp_path / "demo"]).splitlines()
+    assert table[2].startswith("| shipped (100) | 120.0 / 0.092 | 0.16 / 0.04 | 1141 | 69% | 83% | 50% | 73% | 96% "
+                               "| 0.050 (0.044) | 0.71 | 93% | n/a / n/a | 0.53 (9% / 3%) | 0 |")
+    assert table[3].startswith("| demo (100, anatomy retries 6) | 120.0")
+    assert table[-1].startswith("| demo (72, anatomy retries 6) | n/a (n/a, n/a) | n/a / n/a | 0.50 / 0.63 (0.23; 94%)")
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):

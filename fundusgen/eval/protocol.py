@@ -148,9 +148,10 @@ def _f(value, digits: int = 2, percent: bool = False) -> str:
     return f"{value:.0%}" if percent else f"{value:.{digits}f}"
 
 
-def _name(folder: Path, summary: dict) -> str:
+def _name(folder: Path, summary: dict, n) -> str:
+    """A run's row label: its folder's name, how many images, and the anatomy retries it drew with."""
     retries = summary["settings"].get("anatomy_retries")
-    return f"{Path(folder).name}" + (f" (retries {retries})" if retries else "")
+    return f"{Path(folder).name} ({n}" + (f", anatomy retries {retries})" if retries else ")")
 
 
 def markdown_tables(folders: list[Path]) -> str:
@@ -163,7 +164,7 @@ def markdown_tables(folders: list[Path]) -> str:
     for folder, s in runs:
         r = s["records"]
         lines.append(
-            f"| {_name(folder, s)} ({r['n']}) | {_f(r['fid'], 1)} / {_f(r['kid'], 3)} "
+            f"| {_name(folder, s, r['n'])} | {_f(r['fid'], 1)} / {_f(r['kid'], 3)} "
             f"| {_f(r['precision'])} / {_f(r['recall'])} | {_f(r['retina_fd'], 0)} | {_f(r['valid'], percent=True)} "
             f"| {_f(r['one_disc'], percent=True)} | {_f(r['disc_confirmed'], percent=True)} "
             f"| {_f(r['fovea'], percent=True)} | {_f(r['vessel_tree'], percent=True)} "
@@ -177,7 +178,7 @@ def markdown_tables(folders: list[Path]) -> str:
     for folder, s in runs:
         a = s["attributes"]
         lines.append(
-            f"| {_name(folder, s)} ({a['n']}) | {_f(a['eye'], percent=True)} ({_f(a['eye_confident'], percent=True)}, "
+            f"| {_name(folder, s, a['n'])} | {_f(a['eye'], percent=True)} ({_f(a['eye_confident'], percent=True)}, "
             f"{_f(a['eye_confident_accuracy'], percent=True)}) | {_f(a['haze_severe'])} / {_f(a['haze_none'])} "
             f"| {_f(a['cdr_for_0.3'])} / {_f(a['cdr_for_0.8'])} ({_f(a['cdr_mae'])}; {_f(a['cdr_found'], percent=True)}) "
             f"| {_f(a['dr_spots_balanced'])} ({_f(a['dr_spots_when_dr'], percent=True)} / "
