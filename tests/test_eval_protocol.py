@@ -59,6 +59,13 @@ def test_a_run_draws_both_sets_scores_them_and_resumes(prepared, tmp_path, capsy
     table = capsys.readouterr().out
     assert table.count("| run (3) |") == 2 and table.count("| run (18) |") == 2
 
+    # a sampling setting the pipeline refuses is one line, before any image is drawn
+    assert protocol.main(["run", str(tmp_path / "nope"), "--prepared", str(prepared), "--model", str(model),
+                          "--sampler", "nope", "--records-n", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("protocol: error: ") and "nope" in err[0]
+    assert not list((tmp_path / "nope").rglob("*.png"))
+
 
 def card_report() -> dict:
     """A report.json holding the shipped model's figures in the model card (2026-12-02)."""
@@ -93,16 +100,17 @@ def test_the_summary_reads_the_figures_the_model_card_shows():
 
 def test_the_table_names_each_run_its_size_and_its_retries(tmp_path):
     records, attrs = protocol.summarise_records(card_report()), protocol.summarise_attributes(card_attributes())
-    for name, retries in (("shipped", 0), ("demo", 6)):
+    for name, settings in (("shipped", {}), ("demo", {"anatomy_retries": 6}), ("heun", {"sampler": "heun", "steps": 13})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps(
-            {"settings": {"records_n": 100, "per_cell": 4, "anatomy_retries": retries}, "records": records,
+            {"settings": {"records_n": 100, "per_cell": 4, "anatomy_retries": 0, **settings}, "records": records,
              "attributes": attrs}))
-    table = protocol.markdown_tables([tmp_path / "shipped", tmp_path / "demo"]).splitlines()
+    table = protocol.markdown_tables([tmp_path / "shipped", tmp_path / "demo", tmp_path / "heun"]).splitlines()
     assert table[2].startswith("| shipped (100) | 120.0 / 0.092 | 0.16 / 0.04 | 1141 | 69% | 83% | 50% | 73% | 96% "
                                "| 0.050 (0.044) | 0.71 | 93% | n/a / n/a | 0.53 (9% / 3%) | 0 |")
     assert table[3].startswith("| demo (100, anatomy retries 6) | 120.0")
-    assert table[-1].startswith("| demo (72, anatomy retries 6) | n/a (n/a, n/a) | n/a / n/a | 0.50 / 0.63 (0.23; 94%)")
+    assert table[4].startswith("| heun (100, sampler heun, steps 13) | 120.0")
+    assert table[-2].startswith("| demo (72, anatomy retries 6) | n/a (n/a, n/a) | n/a / n/a | 0.50 / 0.63 (0.23; 94%)")
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):

@@ -103,8 +103,10 @@ def _model_id(model: str | None) -> dict:
 
 
 def run_protocol(out: Path, prepared: Path, model: str | None = None, records_n: int = 100, per_cell: int = 4,
-                 anatomy_retries: int = 0, cache_dir: Path | None = None, progress: bool = True) -> dict:
-    """Draw and score both sets under ``out``; returns (and writes) ``summary.json``."""
+                 anatomy_retries: int = 0, cache_dir: Path | None = None, progress: bool = True,
+                 **sampling) -> dict:
+    """Draw and score both sets under ``out``; returns (and writes) ``summary.json``. ``sampling``:
+    settings of the pipeline (``steps``, ``sampler``, ``guidance``; None: the model's own)."""
     from fundusgen.data.shards import atomic_write_text
     from fundusgen.eval.faithfulness import evaluate_faithfulness, generate_prompt_set, record_cells
     from fundusgen.eval.report import EvaluateConfig, RealSet, evaluate
@@ -112,17 +114,19 @@ def run_protocol(out: Path, prepared: Path, model: str | None = None, records_n:
     if per_cell < 1:
         raise FundusgenError(f"--per-cell {per_cell}: expected at least 1")
     cells = record_cells(prepared, records_n, ("test",), 0)   # before any image: a bad folder fails at once
+    sampling = {k: v for k, v in sampling.items() if v is not None}
     generate_prompt_set(out / "records", per_cell=1, model=model, seed=0, progress=progress, cells=cells,
-                        seed_per_prompt=True, anatomy_retries=anatomy_retries)
+                        seed_per_prompt=True, anatomy_retries=anatomy_retries, **sampling)
     report = evaluate(EvaluateConfig(synthetic=out / "records", real=[RealSet(REAL_SET, prepared, "test")],
                                      train=prepared, out=out / "records_report", cache_dir=cache_dir,
                                      max_real_anatomy=MAX_REAL_ANATOMY), progress=progress)
     generate_prompt_set(out / "attributes", per_cell=per_cell, model=model, seed=0, progress=progress,
-                        anatomy_retries=anatomy_retries)
+                        anatomy_retries=anatomy_retries, **sampling)
     attributes = evaluate_faithfulness(out / "attributes", prepared, progress=progress, cache_dir=cache_dir)
     atomic_write_text(out / "attributes.json", json.dumps(attributes, indent=2))
     summary = {"model": _model_id(model), "prepared": str(prepared.resolve()),
-               "settings": {"records_n": len(cells), "per_cell": per_cell, "anatomy_retries": anatomy_retries},
+               "settings": {"records_n": len(cells), "per_cell": per_cell, "anatomy_retries": anatomy_retries,
+                            **sampling},
                "records": summarise_records(report), "attributes": summarise_attributes(attributes),
                "warnings": report.get("warnings", [])}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -149,9 +153,15 @@ def _f(value, digits: int = 2, percent: bool = False) -> str:
 
 
 def _name(folder: Path, summary: dict, n) -> str:
-    """A run's row label: its folder's name, how many images, and the anatomy retries it drew with."""
-    retries = summary["settings"].get("anatomy_retries")
-    return f"{Path(folder).name} ({n}" + (f", anatomy retries {retries})" if retries else ")")
+    """A run's row label: its folder's name, how many images, and the settings it drew them with
+    where they are not the model's own."""
+    settings = summary["settings"]
+    parts = [str(n)] + [f"{label} {settings[key]}" for key, label in _SETTING_LABELS if settings.get(key)]
+    return f"{Path(folder).name} ({', '.join(parts)})"
+
+
+_SETTING_LABELS = (("sampler", "sampler"), ("steps", "steps"), ("guidance", "guidance"),
+                   ("anatomy_retries", "anatomy retries"))
 
 
 def markdown_tables(folders: list[Path]) -> str:
@@ -202,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--per-cell", type=int, default=4, help="attribute images per cell (default 4: 72 images)")
     r.add_argument("--anatomy-retries", type=int, default=0, metavar="K",
                    help="draw an image that fails the anatomy check again, up to K times (default 0)")
+    r.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    r.add_argument("--sampler", help="euler | heun | midpoint (default: the model's)")
+    r.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     r.add_argument("--cache", help="feature cache folder (default as `fundusgen evaluate`)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     t = sub.add_parser("table", help="the figures of protocol runs as the model card's Markdown tables")
@@ -210,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             run_protocol(Path(args.out), Path(args.prepared), args.model, args.records_n, args.per_cell,
-                         args.anatomy_retries, Path(args.cache) if args.cache else None, progress=not args.quiet)
+                         args.anatomy_retries, Path(args.cache) if args.cache else None, progress=not args.quiet,
+                         steps=args.steps, sampler=args.sampler, guidance=args.guidance)
             print(markdown_tables([Path(args.out)]))
             print(f"wrote {Path(args.out) / 'summary.json'}")
         else:
