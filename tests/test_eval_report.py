@@ -46,6 +46,18 @@ def save(path, rgb):
     Image.fromarray(rgb).save(path)
 
 
+def prepared_retinas(root: Path, per_class: dict[str, int], rng: np.random.Generator) -> Path:
+    """``fundusgen prepare`` (64 px) of an image folder of jittered retinas: per split, that many
+    of each of two classes ("0" and "2"). Returns the prepared folder, ``root / "prepared"``."""
+    for split, n in per_class.items():
+        for cls in ("0", "2"):
+            for i in range(n):
+                save(root / "raw" / split / cls / f"{cls}_{i}.png", jittered_retina(rng))
+    assert main(["prepare", "--source", f"image_folder={root / 'raw'}", "--out", str(root / "prepared"),
+                 "--size", "64", "--workers", "1", "--quiet"]) == 0
+    return root / "prepared"
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fundusgen")
     add_evaluate_parser(parser.add_subparsers(dest="command"))
@@ -68,12 +80,7 @@ def workspace(tmp_path_factory):
     contact sheet that `fundusgen generate` writes beside its images."""
     root = tmp_path_factory.mktemp("evaluate")
     rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 3)):
-        for cls in ("0", "2"):
-            for i in range(n):
-                save(root / "raw" / split / cls / f"{cls}_{i}.png", jittered_retina(rng))
-    assert main(["prepare", "--source", f"image_folder={root / 'raw'}", "--out", str(root / "prepared"),
-                 "--size", "64", "--workers", "1", "--quiet"]) == 0
+    prepared_retinas(root, {"train": 8, "test": 3}, rng)
     train_key = next(k for k in ImageSource(root / "prepared")._index() if "train" in k)
     synthetic = root / "synthetic"
     for i in range(10):
