@@ -43,15 +43,21 @@ def _get(d, *path):
     return d
 
 
+def _dr_spots(faithfulness: dict) -> dict:
+    """The dark-lesion cue against the requested DR, as both image sets report it."""
+    return {"dr_spots_balanced": _get(faithfulness, "dr_lesions", "balanced_accuracy"),
+            "dr_spots_when_dr": _get(faithfulness, "dr_lesions", "share_with_lesions_when_dr"),
+            "dr_spots_when_no_dr": _get(faithfulness, "dr_lesions", "share_with_lesions_when_no_dr")}
+
+
 def summarise_records(report: dict, real: str = REAL_SET) -> dict:
     """The model card's figures of the records set, from its ``report.json``."""
     per = _get(report, "realism", "per_real_set", real) or {}
     anatomy = _get(report, "anatomy", "synthetic") or {}
     vessels = _get(report, "vessels", "metrics") or {}
     faith = _get(report, "faithfulness", "synthetic") or {}
-    n = anatomy.get("n") or 0
     return {
-        "n": n,
+        "n": anatomy.get("n") or 0,
         "fid": _get(per, "fid", "value"), "kid": _get(per, "kid", "value"), "kid_se": _get(per, "kid", "se"),
         "precision": _get(per, "precision", "value"), "recall": _get(per, "recall", "value"),
         "retina_fd": _get(report, "realism", "retina_domain", "per_real_set", real, "fd"),
@@ -65,9 +71,7 @@ def summarise_records(report: dict, real: str = REAL_SET) -> dict:
         "eye": _get(faith, "eye", "accuracy"),
         "haze_cataract": _get(faith, "cataract", "mean_haze_cataract"),
         "haze_clear": _get(faith, "cataract", "mean_haze_clear"),
-        "dr_spots_balanced": _get(faith, "dr_lesions", "balanced_accuracy"),
-        "dr_spots_when_dr": _get(faith, "dr_lesions", "share_with_lesions_when_dr"),
-        "dr_spots_when_no_dr": _get(faith, "dr_lesions", "share_with_lesions_when_no_dr"),
+        **_dr_spots(faith),
         "memorisation_flagged": len(_get(report, "memorisation", "flagged") or []),
         "memorisation_max": _get(report, "memorisation", "synthetic_quantiles", "q1"),
         "memorisation_threshold": _get(report, "memorisation", "threshold", "value"),
@@ -85,9 +89,7 @@ def summarise_attributes(result: dict) -> dict:
         "haze_severe": _get(s, "cataract", "mean_haze_cataract"), "haze_none": _get(s, "cataract", "mean_haze_clear"),
         "cdr_for_0.3": by_cdr.get("0.3"), "cdr_for_0.8": by_cdr.get("0.8"),
         "cdr_mae": _get(s, "cdr", "mean_absolute_error"), "cdr_found": _get(s, "cdr", "measured_share"),
-        "dr_spots_balanced": _get(s, "dr_lesions", "balanced_accuracy"),
-        "dr_spots_when_dr": _get(s, "dr_lesions", "share_with_lesions_when_dr"),
-        "dr_spots_when_no_dr": _get(s, "dr_lesions", "share_with_lesions_when_no_dr"),
+        **_dr_spots(s),
     }
 
 
@@ -164,6 +166,11 @@ _SETTING_LABELS = (("sampler", "sampler"), ("steps", "steps"), ("guidance", "gui
                    ("anatomy_retries", "anatomy retries"))
 
 
+def _dr_cell(figures: dict) -> str:
+    return (f"{_f(figures['dr_spots_balanced'])} ({_f(figures['dr_spots_when_dr'], percent=True)} / "
+            f"{_f(figures['dr_spots_when_no_dr'], percent=True)})")
+
+
 def markdown_tables(folders: list[Path]) -> str:
     """The model card's two tables, one row per protocol run."""
     runs = [(Path(f), read_summary(f)) for f in folders]
@@ -180,8 +187,7 @@ def markdown_tables(folders: list[Path]) -> str:
             f"| {_f(r['fovea'], percent=True)} | {_f(r['vessel_tree'], percent=True)} "
             f"| {_f(r['vessel_density'], 3)} ({_f(r['vessel_density_w1'], 3)}) | {_f(r['calibre_w1'])} "
             f"| {_f(r['eye'], percent=True)} | {_f(r['haze_cataract'])} / {_f(r['haze_clear'])} "
-            f"| {_f(r['dr_spots_balanced'])} ({_f(r['dr_spots_when_dr'], percent=True)} / "
-            f"{_f(r['dr_spots_when_no_dr'], percent=True)}) | {r['memorisation_flagged']} |")
+            f"| {_dr_cell(r)} | {r['memorisation_flagged']} |")
     lines += ["", "| model (attributes) | eye (confident, right of those) | haze severe / none "
                   "| CDR measured for 0.3 / 0.8 asked (MAE; disc found) | DR dark spots: bal. acc. (DR / no DR) |",
               "|---|---:|---:|---:|---:|"]
@@ -191,8 +197,7 @@ def markdown_tables(folders: list[Path]) -> str:
             f"| {_name(folder, s, a['n'])} | {_f(a['eye'], percent=True)} ({_f(a['eye_confident'], percent=True)}, "
             f"{_f(a['eye_confident_accuracy'], percent=True)}) | {_f(a['haze_severe'])} / {_f(a['haze_none'])} "
             f"| {_f(a['cdr_for_0.3'])} / {_f(a['cdr_for_0.8'])} ({_f(a['cdr_mae'])}; {_f(a['cdr_found'], percent=True)}) "
-            f"| {_f(a['dr_spots_balanced'])} ({_f(a['dr_spots_when_dr'], percent=True)} / "
-            f"{_f(a['dr_spots_when_no_dr'], percent=True)}) |")
+            f"| {_dr_cell(a)} |")
     return "\n".join(lines)
 
 
