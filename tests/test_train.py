@@ -361,6 +361,85 @@ def test_anatomy_maps_mark_the_measured_disc_and_macula_and_add_to_the_vessel_we
                    {"vessel": 2.0})
 
 
+def test_lesion_maps_mark_the_cells_of_the_measured_spots():
+    import cv2
+    from fundusgen.measure.attributes import measure
+    from fundusgen.train.cache import lesion_map, lesion_mask
+    from tests.measure_fixtures import retina_square
+    image, fov = retina_square(512)
+    centres = [(330 + 25 * i, 330 + 12 * (i % 2)) for i in range(6)]
+    painted = image.copy()
+    for x, y in centres:
+        cv2.circle(painted, (x, y), 3, (70, 10, 10), -1)  # dark spots: microaneurysm-sized at 512 px
+    m = measure(painted, fov)
+    mask = lesion_mask(painted, fov, m)
+    assert mask.shape == fov.shape and mask.dtype == torch.bool
+    cells = lesion_map(mask, 64)
+    assert set(cells.unique().tolist()) <= {0.0, 1.0}  # a cell's presence, not its share
+    assert all(float(cells[y // 8, x // 8]) == 1 for x, y in centres)
+    assert float(lesion_map(lesion_mask(image, fov, measure(image, fov)), 64).sum()) <= float(cells.sum()) - 6
+    # the spots are those measure counts: one connected patch of the mask each
+    patches = cv2.connectedComponents(mask.numpy().astype("uint8"), connectivity=8)[0] - 1
+    assert patches == m["lesions"]["bright"]["count"] + m["lesions"]["dark"]["count"]
+
+
+def test_a_lesion_weighted_loss_caches_its_maps_in_the_vessel_maps_pass_and_adds_them_up(prepared, tmp_path, capsys):
+    from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
+    from fundusgen.data.shards import iter_samples
+    from fundusgen.train.cache import build_network_maps, lesion_map, lesion_mask, load_cache
+    from fundusgen.train.config import StageConfig
+    from fundusgen.train.denoiser import make_batch
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared, data)
+    stage = {"name": "highres", "resolution": 64, "subset": "all", "steps": 2, "batch_size": 4, "lr": 1e-3, "warmup": 0}
+    denoiser = {**TINY["denoiser"], "vessel_weight": 2.0, "lesion_weight": 5.0, "stages": [stage]}
+    recipe = _recipe(tmp_path / "l.yaml", data, tmp_path / "run", denoiser=denoiser)
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 2  # never measured: one line saying what to run
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lesion_weight needs `fundusgen measure`" in err[0] and str(data) in err[0]
+    measurements = {"disc": {"x": 0.75, "y": 0.5, "diameter": 0.15, "ratio": 0.15}, "fovea": {"x": 0.4, "y": 0.5}}
+    write_measurements(data, measurements)
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 0
+    run = tmp_path / "run"
+    assert len(json.loads((run / "denoiser" / "loss_history.json").read_text())) == 2
+    cache, info = load_cache(run / "cache.safetensors")
+    side = cache["latents_64"].shape[-1]
+    lesions = load_file(run / "lesions.safetensors")["lesions_64"]
+    vessels = load_file(run / "vessels.safetensors")["vessels_64"]
+    assert lesions.shape == vessels.shape == (len(info["keys"]), 1, side, side)
+    # each image's maps are what the vessel network and the detector give it, in the cache's order
+    net, row = shipped_vessel_net(), {k: i for i, k in enumerate(info["keys"])}
+    for sample in iter_samples(data, "train", keep=lambda m: m["key"] in row):
+        prob, mask = network_vessels(net, sample["image"], sample["fov"])
+        i = row[sample["key"]]
+        spots = lesion_map(lesion_mask(sample["image"], sample["fov"], measurements, mask.astype(bool)), side)
+        assert torch.equal(lesions[i, 0], spots.half())
+        assert torch.equal(vessels[i], torch.nn.functional.adaptive_avg_pool2d(
+            torch.from_numpy(prob)[None, None].float(), side)[0].half())
+    stamps = {k: (run / f"{k}.safetensors").stat().st_mtime_ns for k in ("vessels", "lesions")}
+    build_network_maps(data, run, info["keys"], {64: side}, ("vessels", "lesions"), progress=False)
+    assert stamps == {k: (run / f"{k}.safetensors").stat().st_mtime_ns for k in ("vessels", "lesions")}
+    with pytest.raises(ValueError, match="unknown network maps"):
+        build_network_maps(data, run, info["keys"], {64: side}, ("vessel",), progress=False)
+
+    # all three weights: 1 + 2 x vessels + 3 x anatomy + 5 x lesions, each mirrored with its latent
+    cache["vessels_64"], cache["lesions_64"] = vessels, torch.rand(lesions.shape).round().half()
+    cache["anatomy_64"] = torch.rand(lesions.shape).half()
+    x0, _, _, weight = make_batch(cache, info, torch.arange(len(lesions)), StageConfig(**stage), 0.0, True,
+                                  torch.Generator().manual_seed(2), {"vessels": 2.0, "anatomy": 3.0, "lesions": 5.0})
+    latents = cache["latents_64"].float()
+    for b in range(len(x0)):
+        i, flipped = next((i, f) for i in range(len(latents)) for f in (False, True)
+                          if torch.equal(x0[b], latents[i].flip(-1) if f else latents[i]))
+        v, a, les = (cache[f"{k}_64"][i].float() for k in ("vessels", "anatomy", "lesions"))
+        if flipped:
+            v, a, les = v.flip(-1), a.flip(-1), les.flip(-1)
+        assert torch.allclose(weight[b], 1 + 2 * v + 3 * a + 5 * les)
+    negative = _recipe(tmp_path / "n.yaml", data, tmp_path / "n", denoiser={**denoiser, "lesion_weight": -1})
+    assert main(["train", "--config", str(negative), "--quiet"]) == 2
+    assert "lesion_weight must be 0 or more" in capsys.readouterr().err
+
+
 def test_an_empty_purified_subset_is_one_clear_error_naming_the_stage():
     from fundusgen.train.config import StageConfig
     from fundusgen.train.denoiser import subset_indices

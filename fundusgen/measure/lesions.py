@@ -32,19 +32,21 @@ def _ramp(x: float, lo: float, hi: float) -> float:
 
 
 def _spots(response: np.ndarray, allowed: np.ndarray, sd: float, min_area: int, max_area: int,
-           max_elongation: float) -> list[tuple[float, float, int]]:
+           max_elongation: float) -> tuple[list[tuple[float, float, int]], np.ndarray]:
+    """([(x, y, area)] of the kept spots, their pixels as a bool mask)."""
     v = response[allowed]
     if v.size == 0:
-        return []
+        return [], np.zeros(response.shape, dtype=bool)
     level = max(v.mean() + sd * v.std(), MIN_CONTRAST)
     mask = ((response > level) & allowed).astype(np.uint8)
     n, labels, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    out = []
+    out, kept = [], np.zeros(n, dtype=bool)
     for i in range(1, n):
         area, w, h = stats[i, cv2.CC_STAT_AREA], stats[i, cv2.CC_STAT_WIDTH], stats[i, cv2.CC_STAT_HEIGHT]
         if min_area <= area <= max_area and max(w, h) / max(min(w, h), 1) <= max_elongation:
             out.append((float(cents[i][0]), float(cents[i][1]), int(area)))
-    return out
+            kept[i] = True
+    return out, kept[labels]
 
 
 def region_of(x: float, y: float, geometry: tuple[float, float, float], a: Anatomy) -> Region:
@@ -60,8 +62,11 @@ def region_of(x: float, y: float, geometry: tuple[float, float, float], a: Anato
     return Region.SUPERIOR_ARCADE if y < a.disc_y else Region.INFERIOR_ARCADE
 
 
-def lesion_cues(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray, a: Anatomy) -> dict:
-    """{'bright': {'count', 'area', 'regions': {region: count}}, 'dark': {...}}."""
+def find_spots(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray, a: Anatomy
+               ) -> dict[str, tuple[list[tuple[float, float, int]], np.ndarray]]:
+    """{'bright' | 'dark': ([(x, y, area)] in pixels, the spots' pixel mask)}: the cues of the module
+    docstring, where they are, for :func:`lesion_cues` to count and for the lesion-weighted loss
+    (``fundusgen.train.cache.build_lesion_maps``) to weigh."""
     s = fov_scale(fov)
     g = clahe_green(rgb, fov).astype(np.float32)
     rim = int(round(15 * s)) | 1
@@ -79,11 +84,15 @@ def lesion_cues(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray, a: Anatom
     tree = (stats[:, cv2.CC_STAT_AREA] >= 200 * s * s)[labels] & vessels
     near_vessel = cv2.dilate(tree.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     a2 = s * s
-    found = {"bright": _spots(bright, inner & off_disc, 5.0, max(2, int(6 * a2)), int(4000 * a2), 4.0),
-             "dark": _spots(np.where(near_vessel, 0, dark), inner & off_disc & off_fovea & ~near_vessel, 4.0,
-                            max(2, int(6 * a2)), int(3000 * a2), 2.5)}
+    return {"bright": _spots(bright, inner & off_disc, 5.0, max(2, int(6 * a2)), int(4000 * a2), 4.0),
+            "dark": _spots(np.where(near_vessel, 0, dark), inner & off_disc & off_fovea & ~near_vessel, 4.0,
+                           max(2, int(6 * a2)), int(3000 * a2), 2.5)}
+
+
+def lesion_cues(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray, a: Anatomy) -> dict:
+    """{'bright': {'count', 'area', 'regions': {region: count}}, 'dark': {...}}."""
     out, geometry = {}, fov_geometry(fov)
-    for kind, spots in found.items():
+    for kind, (spots, _) in find_spots(rgb, fov, vessels, a).items():
         counts: dict[str, int] = {}
         for x, y, _ in spots:
             r = region_of(x, y, geometry, a).name.lower()

@@ -14,7 +14,8 @@ A recipe that weighs its loss by vessels (``denoiser.vessel_weight``) also cache
 resolution, the vessel network's probability averaged over each latent cell (``vessels.safetensors``,
 beside the cache: added to an existing cache without re-encoding it); one that weighs it by the
 layout (``denoiser.anatomy_weight``), each cell's share of the measured disc and macula
-(``anatomy.safetensors``).
+(``anatomy.safetensors``); one that weighs it by lesions (``denoiser.lesion_weight``), which cells hold a
+bright or dark spot of ``fundusgen measure``'s lesion cues (``lesions.safetensors``).
 
 Each file is stamped with what it was made from (the prepared folder's index, measurements and
 purify verdicts, the code that writes captions, the networks' weights, the recipe's settings) and
@@ -188,41 +189,114 @@ def caption_states(cache: dict, cap: torch.Tensor) -> tuple[torch.Tensor, torch.
     return tokens[rows].float() * mask[..., None], mask
 
 
+def lesion_mask(image, fov, measurements: dict, vessels=None) -> torch.Tensor:
+    """(H, W) bool: the pixels of the bright and dark spots of ``fundusgen measure``'s lesion cues
+    (``fundusgen.measure.lesions.find_spots``), given the image's measured disc and fovea and its vessel
+    mask (``vessels``; by default the one ``fundusgen measure`` makes)."""
+    import numpy as np
+
+    from fundusgen.measure.attributes import vessel_mask
+    from fundusgen.measure.disc import Anatomy
+    from fundusgen.measure.lesions import find_spots
+    fov = fov.astype(bool)
+    px, disc, fovea = float(image.shape[1]), measurements["disc"], measurements.get("fovea")
+    a = Anatomy(disc["x"] * px, disc["y"] * px, disc["diameter"] * px, disc.get("ratio", 0.0),
+                fovea["x"] * px if fovea else None, fovea["y"] * px if fovea else None, None, 0.0)
+    spots = find_spots(image, fov, vessel_mask(image, fov)[0] if vessels is None else vessels, a)
+    return torch.from_numpy(np.logical_or(spots["bright"][1], spots["dark"][1]))
+
+
+def lesion_map(mask: torch.Tensor, side: int) -> torch.Tensor:
+    """(side, side) float: 1 where a latent cell holds part of a spot of :func:`lesion_mask`, else 0.
+    A cell's presence, not its share: a microaneurysm covers a tenth of an 8 x 8 px cell, and averaged
+    it would weigh next to nothing."""
+    return F.adaptive_max_pool2d(mask[None, None].float(), side)[0, 0]
+
+
 @torch.no_grad()
-def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
-                      progress: bool = True) -> Path:
-    """``vessels_{res}`` (N, 1, side, side), float16: the fraction of each latent cell that is vessel,
-    by the project's vessel network (``fundusgen.measure.vessels``; its probability, so a faint vessel
-    counts in part), in the order of the cache's ``keys``. The network reads each prepared image at its
-    stored size (the scale it was trained at) inside the image's field of view; the map is then
-    averaged down to the latent grid of every resolution the recipe trains at."""
-    from fundusgen.measure.attributes import weights_id
+def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
+                       kinds: tuple[str, ...] = ("vessels",), progress: bool = True) -> dict[str, Path]:
+    """The per-image maps that need the vessel network, in one pass over the images (the network is
+    most of the time: about 0.3 s a photograph on a 2-core CPU), each in its own stamped file, in the
+    order of the cache's ``keys``; only those not current are made:
+
+    - ``vessels``: ``vessels_{res}`` (N, 1, side, side), float16, the fraction of each latent cell that
+      is vessel by the project's vessel network (``fundusgen.measure.vessels``; its probability, so a
+      faint vessel counts in part). The network reads each prepared image at its stored size (the scale
+      it was trained at) inside the image's field of view; the map is then averaged down to the latent
+      grid of every resolution the recipe trains at.
+    - ``lesions``: ``lesions_{res}``, :func:`lesion_map` of the image's :func:`lesion_mask`, with the
+      network's vessel mask of the same pass (``fundusgen measure``'s but for its black margin, which
+      changes it only where the field of view fills the frame, as no prepared photograph's does).
+      ``fundusgen measure`` stores lesion counts per region, not positions, so the detector runs again
+      here; the images must have been measured (their disc and fovea)."""
+    from fundusgen.measure import lesions
+    from fundusgen.measure.attributes import VERSION, weights_id
     from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
-    path = out / "vessels.safetensors"
-    stamp = {"keys": keys, "weights": weights_id(), "sides": latent_sides}  # anything else: made again
-    if cache_is_current(path, stamp):
-        return path
+    if set(kinds) - {"vessels", "lesions"}:
+        raise ValueError(f"unknown network maps {sorted(set(kinds) - {'vessels', 'lesions'})}")
+    stamps = {"vessels": {"keys": keys, "weights": weights_id(), "sides": latent_sides}}
+    if "lesions" in kinds:
+        detector = hashlib.sha256(inspect.getsource(lesions).encode()).hexdigest()[:12]
+        stamps["lesions"] = {"keys": keys, "data": data_digest(data), "weights": weights_id(), "measure": VERSION,
+                             "detector": detector, "sides": latent_sides}
+    paths = {kind: out / f"{kind}.safetensors" for kind in kinds}
+    todo = [kind for kind in kinds if not cache_is_current(paths[kind], stamps[kind])]
+    if not todo:
+        return paths
     net = shipped_vessel_net()
     if net is None:
-        raise FundusgenError("denoiser.vessel_weight needs the vessel network's weights, which this install lacks "
-                             "(fundusgen/measure/weights/vessels)")
+        raise FundusgenError(f"denoiser.{'vessel' if 'vessels' in todo else 'lesion'}_weight needs the vessel "
+                             "network's weights, which this install lacks (fundusgen/measure/weights/vessels)")
+    measured: dict[str, dict] = {}
+    if "lesions" in todo:
+        measured, _ = caption_sources(data)
+        missing = [k for k in keys if not (measured.get(k) or {}).get("disc")]
+        if missing:
+            raise FundusgenError(f"{data}: denoiser.lesion_weight needs `fundusgen measure` of the training images, "
+                                 f"and {len(missing)} of {len(keys)} have none (first: {missing[0]}): run `fundusgen "
+                                 f"measure {data}`")
     if torch.cuda.is_available():  # 4,000 photographs: minutes on a CPU, seconds on a GPU
         net = net.cuda()
     row = {k: i for i, k in enumerate(keys)}
-    maps: dict[int, torch.Tensor] = {r: torch.zeros(len(keys), 1, s, s, dtype=torch.float16) for r, s in latent_sides.items()}
+    maps = {kind: {r: torch.zeros(len(keys), 1, s, s, dtype=torch.float16) for r, s in latent_sides.items()}
+            for kind in todo}
     seen = 0
     for sample in tqdm(iter_samples(data, "train", keep=lambda m: m["key"] in row), total=len(keys),
-                       desc="vessel maps", unit="img", disable=not progress):
-        prob = torch.from_numpy(network_vessels(net, sample["image"], sample["fov"])[0])[None, None].float()
+                       desc=" and ".join(f"{kind[:-1]} maps" for kind in todo), unit="img", disable=not progress):
+        prob, vessels = network_vessels(net, sample["image"], sample["fov"])
+        i = row[sample["key"]]
+        per_pixel = {}
+        if "vessels" in todo:
+            per_pixel["vessels"] = torch.from_numpy(prob)[None, None].float()
+        if "lesions" in todo:
+            per_pixel["lesions"] = lesion_mask(sample["image"], sample["fov"], measured[sample["key"]],
+                                               vessels.astype(bool))
         for r, side in latent_sides.items():
-            maps[r][row[sample["key"]]] = F.adaptive_avg_pool2d(prob, side)[0].half()
+            if "vessels" in todo:
+                maps["vessels"][r][i] = F.adaptive_avg_pool2d(per_pixel["vessels"], side)[0].half()
+            if "lesions" in todo:
+                maps["lesions"][r][i, 0] = lesion_map(per_pixel["lesions"], side).half()
         seen += 1
     if seen != len(keys):
         raise FundusgenError(f"{data}: {len(keys) - seen} cached training images are no longer in the folder; "
                              f"delete {out / 'cache.safetensors'} to rebuild the cache")
-    atomic_write_file(path, lambda tmp: save_file({f"vessels_{r}": m for r, m in maps.items()}, tmp,
-                                                  metadata={"stamp": stamp_text(stamp)}))
-    return path
+    for kind in todo:
+        atomic_write_file(paths[kind], lambda tmp, kind=kind: save_file(
+            {f"{kind}_{r}": m for r, m in maps[kind].items()}, tmp, metadata={"stamp": stamp_text(stamps[kind])}))
+    return paths
+
+
+def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
+                      progress: bool = True) -> Path:
+    """``vessels.safetensors`` alone (:func:`build_network_maps`)."""
+    return build_network_maps(data, out, keys, latent_sides, ("vessels",), progress)["vessels"]
+
+
+def build_lesion_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
+                      progress: bool = True) -> Path:
+    """``lesions.safetensors`` alone (:func:`build_network_maps`)."""
+    return build_network_maps(data, out, keys, latent_sides, ("lesions",), progress)["lesions"]
 
 
 # The macula the anatomy maps mark: one disc diameter around the measured fovea, the ring

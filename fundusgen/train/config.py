@@ -91,7 +91,7 @@ class StageConfig:
 
 # The cached maps that weigh the denoiser's loss per latent cell, and the recipe setting of each
 # (cache.py makes them, denoiser.make_batch adds them up).
-LOSS_MAPS = {"vessels": "vessel_weight", "anatomy": "anatomy_weight"}
+LOSS_MAPS = {"vessels": "vessel_weight", "anatomy": "anatomy_weight", "lesions": "lesion_weight"}
 
 
 @dataclass
@@ -115,6 +115,9 @@ class DenoiserTrainConfig:
     anatomy_weight: float = 0.0  # > 0: and + anatomy_weight x its share of the measured optic disc and of the
                                  # macula around the measured fovea (`fundusgen measure`), the layout the
                                  # anatomy check asks of every image
+    lesion_weight: float = 0.0   # > 0: and + lesion_weight where the cell holds a bright or dark spot of the
+                                 # measured lesion cues (exudates, microaneurysms, haemorrhages), the few cells
+                                 # that show a DR grade
 
     def __post_init__(self):
         for name in LOSS_MAPS.values():

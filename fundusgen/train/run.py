@@ -17,7 +17,7 @@ from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
-from fundusgen.train.cache import build_anatomy_maps, build_cache, build_vessel_maps, load_cache
+from fundusgen.train.cache import build_anatomy_maps, build_cache, build_network_maps, load_cache
 from fundusgen.train.checkpoint import load_checkpoint, stages_behind
 from fundusgen.train.config import RecipeConfig, recipe_from_dict
 from fundusgen.train.denoiser import stage_folder, train_denoiser
@@ -45,8 +45,12 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
                                  exclude_datasets=cfg.exclude_datasets)
         cache, info = load_cache(cache_path)
         sides = {r: cache[f"latents_{r}"].shape[-1] for r in resolutions}
-        if cfg.denoiser.vessel_weight > 0:
-            cache.update(load_file(build_vessel_maps(cfg.data, out, info["keys"], sides, shown)))
+        # the maps that need the vessel network come from one pass over the images
+        kinds = tuple(k for k, w in (("vessels", cfg.denoiser.vessel_weight), ("lesions", cfg.denoiser.lesion_weight))
+                      if w > 0)
+        if kinds:
+            for path in build_network_maps(cfg.data, out, info["keys"], sides, kinds, shown).values():
+                cache.update(load_file(path))
         if cfg.denoiser.anatomy_weight > 0:
             cache.update(load_file(build_anatomy_maps(cfg.data, out, info["keys"], sides)))
     dit_dir = train_denoiser(cfg, cache, info, text_encoder.dim, vae.config.latent_channels, progress)
