@@ -131,7 +131,7 @@ def test_a_refiner_trains_alone_on_a_trained_transformer_given_by_init(prepared,
 
 
 def test_a_vessel_weighted_loss_caches_vessel_maps_once_and_mirrors_them_with_the_latents(prepared, tmp_path, capsys):
-    from fundusgen.train.cache import build_vessel_maps, load_cache
+    from fundusgen.train.cache import build_network_maps, load_cache
     from fundusgen.train.config import StageConfig
     from fundusgen.train.denoiser import make_batch
     stage = {"name": "highres", "resolution": 64, "subset": "all", "steps": 4, "batch_size": 8, "lr": 1e-3, "warmup": 0}
@@ -164,7 +164,7 @@ def test_a_vessel_weighted_loss_caches_vessel_maps_once_and_mirrors_them_with_th
                       torch.Generator().manual_seed(3))[3] is None  # no weight unless asked
 
     before = (run / "vessels.safetensors").stat().st_mtime_ns  # cached: a second build reads nothing again
-    build_vessel_maps(prepared, run, info["keys"], {64: latents.shape[-1]}, progress=False)
+    build_network_maps(prepared, run, info["keys"], {64: latents.shape[-1]}, ("vessels",), progress=False)
     assert (run / "vessels.safetensors").stat().st_mtime_ns == before
 
     negative = {**denoiser, "vessel_weight": -1}

@@ -66,7 +66,7 @@ def find_spots(rgb: np.ndarray, fov: np.ndarray, vessels: np.ndarray, a: Anatomy
                ) -> dict[str, tuple[list[tuple[float, float, int]], np.ndarray]]:
     """{'bright' | 'dark': ([(x, y, area)] in pixels, the spots' pixel mask)}: the cues of the module
     docstring, where they are, for :func:`lesion_cues` to count and for the lesion-weighted loss
-    (``fundusgen.train.cache.build_lesion_maps``) to weigh."""
+    (``fundusgen.train.cache.lesion_mask``) to weigh."""
     s = fov_scale(fov)
     g = clahe_green(rgb, fov).astype(np.float32)
     rim = int(round(15 * s)) | 1

@@ -266,17 +266,13 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
                        desc=" and ".join(f"{kind[:-1]} maps" for kind in todo), unit="img", disable=not progress):
         prob, vessels = network_vessels(net, sample["image"], sample["fov"])
         i = row[sample["key"]]
-        per_pixel = {}
-        if "vessels" in todo:
-            per_pixel["vessels"] = torch.from_numpy(prob)[None, None].float()
         if "lesions" in todo:
-            per_pixel["lesions"] = lesion_mask(sample["image"], sample["fov"], measured[sample["key"]],
-                                               vessels.astype(bool))
+            spots = lesion_mask(sample["image"], sample["fov"], measured[sample["key"]], vessels.astype(bool))
         for r, side in latent_sides.items():
             if "vessels" in todo:
-                maps["vessels"][r][i] = F.adaptive_avg_pool2d(per_pixel["vessels"], side)[0].half()
+                maps["vessels"][r][i] = F.adaptive_avg_pool2d(torch.from_numpy(prob)[None, None].float(), side)[0].half()
             if "lesions" in todo:
-                maps["lesions"][r][i, 0] = lesion_map(per_pixel["lesions"], side).half()
+                maps["lesions"][r][i, 0] = lesion_map(spots, side).half()
         seen += 1
     if seen != len(keys):
         raise FundusgenError(f"{data}: {len(keys) - seen} cached training images are no longer in the folder; "
@@ -285,18 +281,6 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
         atomic_write_file(paths[kind], lambda tmp, kind=kind: save_file(
             {f"{kind}_{r}": m for r, m in maps[kind].items()}, tmp, metadata={"stamp": stamp_text(stamps[kind])}))
     return paths
-
-
-def build_vessel_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
-                      progress: bool = True) -> Path:
-    """``vessels.safetensors`` alone (:func:`build_network_maps`)."""
-    return build_network_maps(data, out, keys, latent_sides, ("vessels",), progress)["vessels"]
-
-
-def build_lesion_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
-                      progress: bool = True) -> Path:
-    """``lesions.safetensors`` alone (:func:`build_network_maps`)."""
-    return build_network_maps(data, out, keys, latent_sides, ("lesions",), progress)["lesions"]
 
 
 # The macula the anatomy maps mark: one disc diameter around the measured fovea, the ring
