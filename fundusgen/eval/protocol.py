@@ -158,12 +158,9 @@ def _name(folder: Path, summary: dict, n) -> str:
     """A run's row label: its folder's name, how many images, and the settings it drew them with
     where they are not the model's own."""
     settings = summary["settings"]
-    parts = [str(n)] + [f"{label} {settings[key]}" for key, label in _SETTING_LABELS if settings.get(key)]
+    parts = [str(n)] + [f"{key.replace('_', ' ')} {settings[key]}"
+                        for key in ("sampler", "steps", "guidance", "anatomy_retries") if settings.get(key)]
     return f"{Path(folder).name} ({', '.join(parts)})"
-
-
-_SETTING_LABELS = (("sampler", "sampler"), ("steps", "steps"), ("guidance", "guidance"),
-                   ("anatomy_retries", "anatomy retries"))
 
 
 def _dr_cell(figures: dict) -> str:

@@ -42,6 +42,7 @@ from fundusgen.errors import FundusgenError
 from fundusgen.measure.run import read_measurements
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.text_encoder import TextEncoder
+from fundusgen.train.config import LOSS_MAPS
 from fundusgen.train.data import load_images, resize, to_model_range
 
 _SWAP = {"left": "right", "right": "left"}
@@ -213,6 +214,10 @@ def lesion_map(mask: torch.Tensor, side: int) -> torch.Tensor:
     return F.adaptive_max_pool2d(mask[None, None].float(), side)[0, 0]
 
 
+# The loss maps (config.LOSS_MAPS) that need the vessel network, made in one pass by build_network_maps.
+NETWORK_MAPS = ("vessels", "lesions")
+
+
 @torch.no_grad()
 def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
                        kinds: tuple[str, ...] = ("vessels",), progress: bool = True) -> dict[str, Path]:
@@ -233,8 +238,8 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
     from fundusgen.measure import lesions
     from fundusgen.measure.attributes import VERSION, weights_id
     from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
-    if set(kinds) - {"vessels", "lesions"}:
-        raise ValueError(f"unknown network maps {sorted(set(kinds) - {'vessels', 'lesions'})}")
+    if set(kinds) - set(NETWORK_MAPS):
+        raise ValueError(f"unknown network maps {sorted(set(kinds) - set(NETWORK_MAPS))}: expected {NETWORK_MAPS}")
     stamps = {"vessels": {"keys": keys, "weights": weights_id(), "sides": latent_sides}}
     if "lesions" in kinds:
         detector = hashlib.sha256(inspect.getsource(lesions).encode()).hexdigest()[:12]
@@ -246,7 +251,7 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
         return paths
     net = shipped_vessel_net()
     if net is None:
-        raise FundusgenError(f"denoiser.{'vessel' if 'vessels' in todo else 'lesion'}_weight needs the vessel "
+        raise FundusgenError(f"denoiser.{LOSS_MAPS[todo[0]]} needs the vessel "
                              "network's weights, which this install lacks (fundusgen/measure/weights/vessels)")
     measured: dict[str, dict] = {}
     if "lesions" in todo:
