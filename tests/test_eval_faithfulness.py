@@ -37,6 +37,25 @@ def test_scores_on_hand_made_items():
     assert s["cdr"]["measured_share"] == 0.5 and s["cdr"]["mean_absolute_error"] == pytest.approx(0.2)
 
 
+def test_grade_ordering_ignores_a_shift_of_every_grade():
+    """A classifier that reads every synthetic image 2.5 grades too high (a domain gap) scores no
+    accuracy, but its expected grades still order the images as asked: rho and AUC see that."""
+    asked = [0, 0, 1, 2, 3, 4]
+    shifted = [fa.Item({"dr_grade": g}, _m(), {"dr_grade": 4, "dr_expected": g / 2 + 2.5}) for g in asked]
+    s = fa.score(shifted, haze_threshold=None)["dr_grade"]
+    assert s["accuracy"] == pytest.approx(1 / 6)
+    assert s["spearman"] == pytest.approx(1.0) and s["auc_dr"] == 1.0
+    assert s["mean_expected_by_grade"] == {0: 2.5, 1: 3.0, 2: 3.5, 3: 4.0, 4: 4.5}
+    ignored = fa.score([fa.Item({"dr_grade": g}, _m(), {"dr_grade": 3, "dr_expected": 3.0}) for g in asked],
+                       haze_threshold=None)["dr_grade"]
+    assert ignored["spearman"] is None and ignored["auc_dr"] == 0.5   # a prompt ignored: no order, chance AUC
+    reversed_ = fa.grade_ordering(np.array(asked, float), -np.array(asked, float))
+    assert reversed_["spearman"] == pytest.approx(-1.0) and reversed_["auc_dr"] == 0.0
+    assert fa.grade_ordering(np.array([2.0, 3.0]), np.array([1.0, 2.0]))["auc_dr"] is None   # DR on both sides
+    # an old classifier's outputs without expected grades: accuracy as before, no ordering figures
+    assert "spearman" not in fa.score([fa.Item({"dr_grade": 1}, _m(), {"dr_grade": 1})], None)["dr_grade"]
+
+
 def test_kappa_threshold_and_balanced_accuracy_on_known_values():
     assert fa.quadratic_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]) == pytest.approx(1.0)
     assert fa.quadratic_kappa([0, 4], [4, 0]) < 0
@@ -151,8 +170,12 @@ def test_dr_grade_is_classified_by_a_probe_trained_on_the_real_grades(tmp_path):
 
     def as_stored(rgb):  # as the prepared photographs are: through JPEG
         return np.asarray(Image.open(_io.BytesIO(encode_image(rgb))).convert("RGB"))
-    predicted = [p["dr_grade"] for p in classify([as_stored(photo(g)) for g in (0, 0, 3, 3)])]
+    assert ceiling["auc_dr"] >= 0.75 and ceiling["spearman"] > 0.5
+    out = classify([as_stored(photo(g)) for g in (0, 0, 3, 3)])
+    predicted = [p["dr_grade"] for p in out]
     assert sum(p == g for p, g in zip(predicted, (0, 0, 3, 3))) >= 3, (predicted, ceiling)
+    assert all(0 <= p["dr_expected"] <= 4 for p in out)
+    assert min(p["dr_expected"] for p in out[2:]) > max(p["dr_expected"] for p in out[:2]) - 1
 
 
 def test_command_line_bad_folder_is_one_line_on_stderr(tmp_path, capsys):

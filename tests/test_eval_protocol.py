@@ -70,7 +70,8 @@ def card_report() -> dict:
                                     "calibre": {"real": {"test": {"wasserstein": 0.71}}}}},
             "faithfulness": {"synthetic": {"eye": {"accuracy": 0.93},
                                            "dr_lesions": {"balanced_accuracy": 0.53, "share_with_lesions_when_dr": 0.09,
-                                                          "share_with_lesions_when_no_dr": 0.03}}},
+                                                          "share_with_lesions_when_no_dr": 0.03},
+                                           "dr_grade": {"accuracy": 0.05, "spearman": 0.12, "auc_dr": 0.58}}},
             "memorisation": {"flagged": [], "threshold": {"value": 0.91}, "synthetic_quantiles": {"q1": 0.85}}}
 
 
@@ -85,22 +86,25 @@ def test_the_summary_reads_the_figures_the_model_card_shows():
     assert (s["fid"], s["kid"], s["retina_fd"], s["valid"], s["fovea"]) == (120.0, 0.092, 1141.0, 0.69, 0.73)
     assert (s["vessel_density"], s["vessel_density_w1"], s["calibre_w1"]) == (0.05, 0.044, 0.71)
     assert (s["eye"], s["dr_spots_balanced"], s["memorisation_flagged"], s["haze_cataract"]) == (0.93, 0.53, 0, None)
+    assert (s["dr_grade_spearman"], s["dr_grade_auc"]) == (0.12, 0.58)
     attrs = protocol.summarise_attributes(card_attributes())
     assert (attrs["n"], attrs["cdr_for_0.3"], attrs["cdr_for_0.8"], attrs["eye"]) == (72, 0.5, 0.63, None)
 
 
 def test_the_table_names_each_run_its_size_and_its_retries(tmp_path):
     records, attrs = protocol.summarise_records(card_report()), protocol.summarise_attributes(card_attributes())
-    for name, settings in (("shipped", {}), ("demo", {"anatomy_retries": 6}), ("heun", {"sampler": "heun", "steps": 13})):
+    older = {k: v for k, v in records.items() if not k.startswith("dr_grade_")}   # a summary from before the figure
+    for name, settings, r in (("shipped", {}, records), ("demo", {"anatomy_retries": 6}, records),
+                              ("heun", {"sampler": "heun", "steps": 13}, older)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps(
-            {"settings": {"records_n": 100, "per_cell": 4, "anatomy_retries": 0, **settings}, "records": records,
+            {"settings": {"records_n": 100, "per_cell": 4, "anatomy_retries": 0, **settings}, "records": r,
              "attributes": attrs}))
     table = protocol.markdown_tables([tmp_path / "shipped", tmp_path / "demo", tmp_path / "heun"]).splitlines()
     assert table[2].startswith("| shipped (100) | 120.0 / 0.092 | 0.16 / 0.04 | 1141 | 69% | 83% | 50% | 73% | 96% "
-                               "| 0.050 (0.044) | 0.71 | 93% | n/a / n/a | 0.53 (9% / 3%) | 0 |")
+                               "| 0.050 (0.044) | 0.71 | 93% | n/a / n/a | 0.53 (9% / 3%) | 0.12 / 0.58 | 0 |")
     assert table[3].startswith("| demo (100, anatomy retries 6) | 120.0")
-    assert table[4].startswith("| heun (100, sampler heun, steps 13) | 120.0")
+    assert table[4].startswith("| heun (100, sampler heun, steps 13) | 120.0") and table[4].endswith("| n/a / n/a | 0 |")
     assert table[-2].startswith("| demo (72, anatomy retries 6) | n/a (n/a, n/a) | n/a / n/a | 0.50 / 0.63 (0.23; 94%)")
 
 

@@ -32,6 +32,7 @@ def cmd_evaluate(args) -> int:
     if "synthetic" in f:
         parts = []
         for attr, key, label in (("eye", "accuracy", "eye"), ("dr_grade", "accuracy", "DR grade"),
+                                 ("dr_grade", "spearman", "DR grade rank rho"),
                                  ("dr_lesions", "balanced_accuracy", "DR lesions"),
                                  ("cataract", "haze_balanced_accuracy", "cataract"), ("cdr", "mean_absolute_error", "CDR MAE")):
             value, ceiling = f["synthetic"].get(attr, {}).get(key), f["real"].get(attr, {}).get(key)

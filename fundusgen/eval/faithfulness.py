@@ -8,7 +8,10 @@ Each image is then measured by the same networks and rules that caption real pho
 
 * eye: the measured laterality (disc side and vessel arcades) against the requested eye;
 * DR: a classifier's grade against the requested grade (accuracy, quadratic weighted kappa, a
-  5x5 confusion matrix); and, with no classifier needed, whether the measured dark lesions
+  5x5 confusion matrix); since a classifier fitted on real photographs may read a synthetic set's
+  look as one grade, also whether its expected grade (sum of k x p(k)) *orders* the images as
+  requested (Spearman rank correlation, and the AUC of DR >= 1 against no DR), which a constant
+  shift does not change; and, with no classifier needed, whether the measured dark lesions
   (microaneurysms, haemorrhages) are present exactly when DR (grade >= 1) was requested;
 * cataract: the measured media haze, thresholded where it best separates cataract from clear
   real photographs of the training split, against the request;
@@ -185,6 +188,20 @@ def quadratic_kappa(truth, predicted, labels=DR_GRADES) -> float:
     return float(cohen_kappa_score(truth, predicted, labels=list(labels), weights="quadratic"))
 
 
+def grade_ordering(truth: np.ndarray, expected: np.ndarray) -> dict:
+    """Does the classifier's expected grade order the images as their grades do? Spearman's rho
+    against the (requested or true) grade, and the AUC of DR (grade >= 1) against no DR; both are
+    unchanged by a shift of every image's grade, such as a domain gap reads as. None where one side
+    is constant or missing."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+    dr = truth >= 1
+    rho = spearmanr(truth, expected).statistic if len(np.unique(truth)) > 1 and len(np.unique(expected)) > 1 else None
+    return {"spearman": None if rho is None or not np.isfinite(rho) else float(rho),
+            "auc_dr": float(roc_auc_score(dr, expected)) if 0 < dr.sum() < len(dr) else None,
+            "mean_expected_by_grade": {int(g): float(expected[truth == g].mean()) for g in np.unique(truth)}}
+
+
 def confusion(truth, predicted, labels=DR_GRADES) -> list[list[int]]:
     """rows: requested (or true) grade, columns: predicted grade."""
     index = {c: i for i, c in enumerate(labels)}
@@ -245,6 +262,10 @@ def score(items: list[Item], haze_threshold: float | None) -> dict:
         out["dr_grade"] = {"n": len(graded), "accuracy": float(np.mean(np.array(t) == np.array(p))),
                            "quadratic_kappa": quadratic_kappa(t, p), "confusion": confusion(t, p),
                            "mean_absolute_error": float(np.mean(np.abs(np.array(t) - np.array(p))))}
+        expected = [(_dr_target(i.attributes), i.predicted["dr_expected"]) for i in items
+                    if _dr_target(i.attributes) is not None and "dr_expected" in i.predicted]
+        if expected:
+            out["dr_grade"].update(grade_ordering(*(np.array(v, float) for v in zip(*expected))))
     cat = [(_cataract(i.attributes), haze_value(i.measurements), i.predicted.get("cataract")) for i in items
            if _cataract(i.attributes) is not None]
     if cat:
@@ -338,14 +359,17 @@ def dr_grade_classifier(prepared: Path, *, cache_dir: Path | None = None, progre
     y = np.concatenate([splits["train"].y, splits["train"].y])
     x = np.concatenate([train[:, 0], train[:, 1]])
     probe = classifier.fit_probe(x, y, len(task.classes), loss_weights=classifier.class_weights(y, len(task.classes)))
-    truth, predicted = splits["test"].y.tolist(), probe.predict_proba(test[:, 0]).argmax(1).tolist()
+    grades = np.arange(len(task.classes))
+    proba = probe.predict_proba(test[:, 0])
+    truth, predicted = splits["test"].y.tolist(), proba.argmax(1).tolist()
     ceiling = {"n": len(truth), "dataset": task.dataset, "accuracy": float(np.mean(np.array(truth) == np.array(predicted))),
                "quadratic_kappa": quadratic_kappa(truth, predicted), "confusion": confusion(truth, predicted),
-               "mean_absolute_error": float(np.mean(np.abs(np.array(truth) - np.array(predicted))))}
+               "mean_absolute_error": float(np.mean(np.abs(np.array(truth) - np.array(predicted)))),
+               **grade_ordering(np.array(truth, float), proba @ grades)}
 
     def classify(images: list[np.ndarray]) -> list[dict]:
-        feats = classifier.image_features(images, model(), progress=False)[:, 0]
-        return [{"dr_grade": int(g)} for g in probe.predict_proba(feats).argmax(1)]
+        proba = probe.predict_proba(classifier.image_features(images, model(), progress=False)[:, 0])
+        return [{"dr_grade": int(p.argmax()), "dr_expected": float(p @ grades)} for p in proba]
     return classify, ceiling
 
 

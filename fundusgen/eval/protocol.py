@@ -50,6 +50,12 @@ def _dr_spots(faithfulness: dict) -> dict:
             "dr_spots_when_no_dr": _get(faithfulness, "dr_lesions", "share_with_lesions_when_no_dr")}
 
 
+def _dr_order(faithfulness: dict) -> dict:
+    """The DR-grade classifier's expected grade against the requested one: does it order the images?"""
+    return {"dr_grade_spearman": _get(faithfulness, "dr_grade", "spearman"),
+            "dr_grade_auc": _get(faithfulness, "dr_grade", "auc_dr")}
+
+
 def summarise_records(report: dict, real: str = REAL_SET) -> dict:
     """The model card's figures of the records set, from its ``report.json``."""
     per = _get(report, "realism", "per_real_set", real) or {}
@@ -71,7 +77,7 @@ def summarise_records(report: dict, real: str = REAL_SET) -> dict:
         "eye": _get(faith, "eye", "accuracy"),
         "haze_cataract": _get(faith, "cataract", "mean_haze_cataract"),
         "haze_clear": _get(faith, "cataract", "mean_haze_clear"),
-        **_dr_spots(faith),
+        **_dr_spots(faith), **_dr_order(faith),
         "memorisation_flagged": len(_get(report, "memorisation", "flagged") or []),
         "memorisation_max": _get(report, "memorisation", "synthetic_quantiles", "q1"),
         "memorisation_threshold": _get(report, "memorisation", "threshold", "value"),
@@ -89,7 +95,7 @@ def summarise_attributes(result: dict) -> dict:
         "haze_severe": _get(s, "cataract", "mean_haze_cataract"), "haze_none": _get(s, "cataract", "mean_haze_clear"),
         "cdr_for_0.3": by_cdr.get("0.3"), "cdr_for_0.8": by_cdr.get("0.8"),
         "cdr_mae": _get(s, "cdr", "mean_absolute_error"), "cdr_found": _get(s, "cdr", "measured_share"),
-        **_dr_spots(s),
+        **_dr_spots(s), **_dr_order(s),
     }
 
 
@@ -168,13 +174,17 @@ def _dr_cell(figures: dict) -> str:
             f"{_f(figures['dr_spots_when_no_dr'], percent=True)})")
 
 
+def _order_cell(figures: dict) -> str:
+    return f"{_f(figures.get('dr_grade_spearman'))} / {_f(figures.get('dr_grade_auc'))}"
+
+
 def markdown_tables(folders: list[Path]) -> str:
     """The model card's two tables, one row per protocol run."""
     runs = [(Path(f), read_summary(f)) for f in folders]
     lines = ["| model (records) | FID / KID | precision / recall | retina FD | valid | one disc | disc confirmed "
              "| fovea | vessel tree | vessel density (W1) | calibre W1 | eye | haze cataract / clear "
-             "| DR dark spots: bal. acc. (DR / no DR) | memorised |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| DR dark spots: bal. acc. (DR / no DR) | DR classifier: rho / AUC | memorised |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for folder, s in runs:
         r = s["records"]
         lines.append(
@@ -184,17 +194,18 @@ def markdown_tables(folders: list[Path]) -> str:
             f"| {_f(r['fovea'], percent=True)} | {_f(r['vessel_tree'], percent=True)} "
             f"| {_f(r['vessel_density'], 3)} ({_f(r['vessel_density_w1'], 3)}) | {_f(r['calibre_w1'])} "
             f"| {_f(r['eye'], percent=True)} | {_f(r['haze_cataract'])} / {_f(r['haze_clear'])} "
-            f"| {_dr_cell(r)} | {r['memorisation_flagged']} |")
+            f"| {_dr_cell(r)} | {_order_cell(r)} | {r['memorisation_flagged']} |")
     lines += ["", "| model (attributes) | eye (confident, right of those) | haze severe / none "
-                  "| CDR measured for 0.3 / 0.8 asked (MAE; disc found) | DR dark spots: bal. acc. (DR / no DR) |",
-              "|---|---:|---:|---:|---:|"]
+                  "| CDR measured for 0.3 / 0.8 asked (MAE; disc found) | DR dark spots: bal. acc. (DR / no DR) "
+                  "| DR classifier: rho / AUC |",
+              "|---|---:|---:|---:|---:|---:|"]
     for folder, s in runs:
         a = s["attributes"]
         lines.append(
             f"| {_name(folder, s, a['n'])} | {_f(a['eye'], percent=True)} ({_f(a['eye_confident'], percent=True)}, "
             f"{_f(a['eye_confident_accuracy'], percent=True)}) | {_f(a['haze_severe'])} / {_f(a['haze_none'])} "
             f"| {_f(a['cdr_for_0.3'])} / {_f(a['cdr_for_0.8'])} ({_f(a['cdr_mae'])}; {_f(a['cdr_found'], percent=True)}) "
-            f"| {_dr_cell(a)} |")
+            f"| {_dr_cell(a)} | {_order_cell(a)} |")
     return "\n".join(lines)
 
 

@@ -628,6 +628,8 @@ def _faithfulness_html(report: dict) -> str:
                                   ("eye", "confident_accuracy", "eye, where the measurement is confident (>= 0.9)", True),
                                   ("dr_grade", "accuracy", "DR grade: classifier = requested", True),
                                   ("dr_grade", "quadratic_kappa", "DR grade: quadratic weighted kappa", False),
+                                  ("dr_grade", "spearman", "DR grade: rank correlation of the classifier's expected grade", False),
+                                  ("dr_grade", "auc_dr", "DR grade: AUC of the expected grade, DR against no DR", False),
                                   ("dr_lesions", "balanced_accuracy", "DR: dark lesions present exactly when DR requested (balanced accuracy)", True),
                                   ("cataract", "haze_balanced_accuracy", "cataract: haze above the real-data threshold (balanced accuracy)", True),
                                   ("cataract", "classifier_balanced_accuracy", "cataract: classifier (balanced accuracy)", True),
