@@ -665,6 +665,29 @@ def test_the_latent_cache_is_reused_only_while_its_data_networks_and_settings_ar
     assert path.stat().st_mtime_ns != made
 
 
+def test_source_code_stamps_change_with_the_code_not_its_prose(tmp_path):
+    """A docstring or comment edit keeps a cache (remaking the lesion maps costs 7 min); a change of a
+    constant or an expression makes it again."""
+    import importlib.util
+    from fundusgen.train.cache import caption_code, source_code
+
+    def module(name: str, text: str):
+        (tmp_path / f"{name}.py").write_text(text)
+        spec = importlib.util.spec_from_file_location(name, tmp_path / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    base = module("base", '"""Spots."""\nLIMIT = 11\n\ndef count(x):\n    """How many."""\n    return x + LIMIT\n')
+    prose = module("prose", '"""Spots, said again\nat length."""\n# a comment\nLIMIT = 11  # why 11\n\n\n'
+                            'def count(x):\n    """How many spots."""\n\n    return (x +\n            LIMIT)\n')
+    code = module("code", '"""Spots."""\nLIMIT = 12\n\ndef count(x):\n    """How many."""\n    return x + LIMIT\n')
+    only_doc = module("only_doc", 'def f():\n    """Nothing else."""\n')
+    assert source_code(base) == source_code(prose) != source_code(code)
+    assert source_code(base.count) == source_code(prose.count) and "How many" not in source_code(base.count)
+    assert source_code(only_doc) == "def f():\n    pass"
+    assert "describe" in caption_code() and '"""' not in caption_code()
+
+
 def test_caption_states_are_cached_without_padding_and_read_back_as_encoded():
     from fundusgen.model.text_encoder import TextEncoder
     from fundusgen.train.cache import caption_states, pack_states

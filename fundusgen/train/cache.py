@@ -23,6 +23,7 @@ is made again, with one line saying so, when any of it changes.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import json
@@ -105,23 +106,46 @@ def build_cache(data: str | Path, out: Path, vae: FundusAutoencoder, text_encode
     return save_cache(path, tensors, metas, unique, variants, kept, stamp)
 
 
+def source_code(*objects) -> str:
+    """The code of modules, classes or functions as Python runs it: their source parsed and written
+    back without comments, docstrings or layout (``ast.unparse``), so that a stamp made from it changes
+    with the code, not with its prose. (By hand: no library strips docstrings from an AST.)"""
+    parts = []
+    for obj in objects:
+        tree = ast.parse(inspect.getsource(obj))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                    and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+        parts.append(ast.unparse(tree))
+    return "\n".join(parts)
+
+
 def _read_caption_code() -> str:
     from fundusgen import vocab
     from fundusgen.caption import lesions, template
-    return "".join(inspect.getsource(m) for m in (template, lesions, vocab, captions_for))
+    return source_code(template, lesions, vocab, captions_for)
+
+
+def _read_detector_code() -> str:
+    from fundusgen.measure import lesions
+    return source_code(lesions)
 
 
 # Read once, when this module is imported: inspect reads source files from disk, so a later read would
 # name the files as they are then (or, for captions_for, the wrong lines of an edited file), not the
 # code this process runs; a cache stamped with it would be made again for nothing, or not when due.
 _CAPTION_CODE = _read_caption_code()
+_DETECTOR_CODE = _read_detector_code()
 
 
 def caption_code() -> str:
-    """The source of the code that writes training captions (the template, its lesion counts, the
-    clinical vocabulary, ``captions_for``), as this process imported it. Any edit to it makes caches
-    again, including edits that leave every caption as it was: remaking a cache costs minutes, training
-    on stale captions a run."""
+    """The code that writes training captions (the template, its lesion counts, the clinical
+    vocabulary, ``captions_for``), as this process imported it (``source_code``). Any change to the
+    code makes caches again, including changes that leave every caption as it was: remaking a cache
+    costs minutes, training on stale captions a run. Edits to comments and docstrings do not."""
     return _CAPTION_CODE
 
 
@@ -235,14 +259,13 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
       changes it only where the field of view fills the frame, as no prepared photograph's does).
       ``fundusgen measure`` stores lesion counts per region, not positions, so the detector runs again
       here; the images must have been measured (their disc and fovea)."""
-    from fundusgen.measure import lesions
     from fundusgen.measure.attributes import VERSION, weights_id
     from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
     if set(kinds) - set(NETWORK_MAPS):
         raise ValueError(f"unknown network maps {sorted(set(kinds) - set(NETWORK_MAPS))}: expected {NETWORK_MAPS}")
     stamps = {"vessels": {"keys": keys, "weights": weights_id(), "sides": latent_sides}}
     if "lesions" in kinds:
-        detector = hashlib.sha256(inspect.getsource(lesions).encode()).hexdigest()[:12]
+        detector = hashlib.sha256(_DETECTOR_CODE.encode()).hexdigest()[:12]
         stamps["lesions"] = {"keys": keys, "data": data_digest(data), "weights": weights_id(), "measure": VERSION,
                              "detector": detector, "sides": latent_sides}
     paths = {kind: out / f"{kind}.safetensors" for kind in kinds}
