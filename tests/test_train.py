@@ -379,8 +379,12 @@ def test_lesion_maps_mark_the_cells_of_the_measured_spots():
     assert all(float(cells[y // 8, x // 8]) == 1 for x, y in centres)
     assert float(lesion_map(lesion_mask(image, fov, measure(image, fov)), 64).sum()) <= float(cells.sum()) - 6
     # the spots are those measure counts: one connected patch of the mask each
-    patches = cv2.connectedComponents(mask.numpy().astype("uint8"), connectivity=8)[0] - 1
-    assert patches == m["lesions"]["bright"]["count"] + m["lesions"]["dark"]["count"]
+    def patches(mask):
+        return cv2.connectedComponents(mask.numpy().astype("uint8"), connectivity=8)[0] - 1
+    assert patches(mask) == m["lesions"]["bright"]["count"] + m["lesions"]["dark"]["count"]
+    dark, bright = lesion_mask(painted, fov, m, kinds=("dark",)), lesion_mask(painted, fov, m, kinds=("bright",))
+    assert patches(dark) == m["lesions"]["dark"]["count"] >= 6 and torch.equal(dark | bright, mask)
+    assert all(float(lesion_map(dark, 64)[y // 8, x // 8]) == 1 for x, y in centres)   # painted dark: in the dark map
 
 
 def test_a_lesion_weighted_loss_caches_its_maps_in_the_vessel_maps_pass_and_adds_them_up(prepared, tmp_path, capsys):
@@ -392,7 +396,7 @@ def test_a_lesion_weighted_loss_caches_its_maps_in_the_vessel_maps_pass_and_adds
     data = tmp_path / "prepared"
     shutil.copytree(prepared, data)
     stage = {"name": "highres", "resolution": 64, "subset": "all", "steps": 2, "batch_size": 4, "lr": 1e-3, "warmup": 0}
-    denoiser = {**TINY["denoiser"], "vessel_weight": 2.0, "lesion_weight": 5.0, "stages": [stage]}
+    denoiser = {**TINY["denoiser"], "vessel_weight": 2.0, "lesion_weight": 5.0, "dark_spot_weight": 7.0, "stages": [stage]}
     recipe = _recipe(tmp_path / "l.yaml", data, tmp_path / "run", denoiser=denoiser)
     assert main(["train", "--config", str(recipe), "--quiet"]) == 2  # never measured: one line saying what to run
     err = capsys.readouterr().err.strip().splitlines()
@@ -405,8 +409,9 @@ def test_a_lesion_weighted_loss_caches_its_maps_in_the_vessel_maps_pass_and_adds
     cache, info = load_cache(run / "cache.safetensors")
     side = cache["latents_64"].shape[-1]
     lesions = load_file(run / "lesions.safetensors")["lesions_64"]
+    dark = load_file(run / "dark_spots.safetensors")["dark_spots_64"]
     vessels = load_file(run / "vessels.safetensors")["vessels_64"]
-    assert lesions.shape == vessels.shape == (len(info["keys"]), 1, side, side)
+    assert lesions.shape == dark.shape == vessels.shape == (len(info["keys"]), 1, side, side)
     # each image's maps are what the vessel network and the detector give it, in the cache's order
     net, row = shipped_vessel_net(), {k: i for i, k in enumerate(info["keys"])}
     for sample in iter_samples(data, "train", keep=lambda m: m["key"] in row):
@@ -414,30 +419,34 @@ def test_a_lesion_weighted_loss_caches_its_maps_in_the_vessel_maps_pass_and_adds
         i = row[sample["key"]]
         spots = lesion_map(lesion_mask(sample["image"], sample["fov"], measurements, mask.astype(bool)), side)
         assert torch.equal(lesions[i, 0], spots.half())
+        assert torch.equal(dark[i, 0], lesion_map(lesion_mask(sample["image"], sample["fov"], measurements,
+                                                              mask.astype(bool), kinds=("dark",)), side).half())
         assert torch.equal(vessels[i], torch.nn.functional.adaptive_avg_pool2d(
             torch.from_numpy(prob)[None, None].float(), side)[0].half())
-    stamps = {k: (run / f"{k}.safetensors").stat().st_mtime_ns for k in ("vessels", "lesions")}
-    build_network_maps(data, run, info["keys"], {64: side}, ("vessels", "lesions"), progress=False)
-    assert stamps == {k: (run / f"{k}.safetensors").stat().st_mtime_ns for k in ("vessels", "lesions")}
+    kinds = ("vessels", "lesions", "dark_spots")
+    stamps = {k: (run / f"{k}.safetensors").stat().st_mtime_ns for k in kinds}
+    build_network_maps(data, run, info["keys"], {64: side}, kinds, progress=False)
+    assert stamps == {k: (run / f"{k}.safetensors").stat().st_mtime_ns for k in kinds}
     with pytest.raises(ValueError, match="unknown network maps"):
         build_network_maps(data, run, info["keys"], {64: side}, ("vessel",), progress=False)
 
-    # all three weights: 1 + 2 x vessels + 3 x anatomy + 5 x lesions, each mirrored with its latent
+    # all four weights: 1 + 2 x vessels + 3 x anatomy + 5 x lesions + 7 x dark spots, each mirrored with its latent
     cache["vessels_64"], cache["lesions_64"] = vessels, torch.rand(lesions.shape).round().half()
-    cache["anatomy_64"] = torch.rand(lesions.shape).half()
+    cache["anatomy_64"], cache["dark_spots_64"] = torch.rand(lesions.shape).half(), torch.rand(lesions.shape).round().half()
     x0, _, _, weight = make_batch(cache, info, torch.arange(len(lesions)), StageConfig(**stage), 0.0, True,
-                                  torch.Generator().manual_seed(2), {"vessels": 2.0, "anatomy": 3.0, "lesions": 5.0})
+                                  torch.Generator().manual_seed(2),
+                                  {"vessels": 2.0, "anatomy": 3.0, "lesions": 5.0, "dark_spots": 7.0})
     latents = cache["latents_64"].float()
     for b in range(len(x0)):
         i, flipped = next((i, f) for i in range(len(latents)) for f in (False, True)
                           if torch.equal(x0[b], latents[i].flip(-1) if f else latents[i]))
-        v, a, les = (cache[f"{k}_64"][i].float() for k in ("vessels", "anatomy", "lesions"))
+        v, a, les, d = (cache[f"{k}_64"][i].float() for k in ("vessels", "anatomy", "lesions", "dark_spots"))
         if flipped:
-            v, a, les = v.flip(-1), a.flip(-1), les.flip(-1)
-        assert torch.allclose(weight[b], 1 + 2 * v + 3 * a + 5 * les)
-    negative = _recipe(tmp_path / "n.yaml", data, tmp_path / "n", denoiser={**denoiser, "lesion_weight": -1})
+            v, a, les, d = v.flip(-1), a.flip(-1), les.flip(-1), d.flip(-1)
+        assert torch.allclose(weight[b], 1 + 2 * v + 3 * a + 5 * les + 7 * d)
+    negative = _recipe(tmp_path / "n.yaml", data, tmp_path / "n", denoiser={**denoiser, "dark_spot_weight": -1})
     assert main(["train", "--config", str(negative), "--quiet"]) == 2
-    assert "lesion_weight must be 0 or more" in capsys.readouterr().err
+    assert "dark_spot_weight must be 0 or more" in capsys.readouterr().err
 
 
 def test_an_empty_purified_subset_is_one_clear_error_naming_the_stage():

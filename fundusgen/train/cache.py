@@ -15,7 +15,8 @@ resolution, the vessel network's probability averaged over each latent cell (``v
 beside the cache: added to an existing cache without re-encoding it); one that weighs it by the
 layout (``denoiser.anatomy_weight``), each cell's share of the measured disc and macula
 (``anatomy.safetensors``); one that weighs it by lesions (``denoiser.lesion_weight``), which cells hold a
-bright or dark spot of ``fundusgen measure``'s lesion cues (``lesions.safetensors``).
+bright or dark spot of ``fundusgen measure``'s lesion cues (``lesions.safetensors``), or by dark spots only
+(``denoiser.dark_spot_weight``, ``dark_spots.safetensors``).
 
 Each file is stamped with what it was made from (the prepared folder's index, measurements and
 purify verdicts, the code that writes captions, the networks' weights, the recipe's settings) and
@@ -30,6 +31,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -214,12 +216,17 @@ def caption_states(cache: dict, cap: torch.Tensor) -> tuple[torch.Tensor, torch.
     return tokens[rows].float() * mask[..., None], mask
 
 
-def lesion_mask(image, fov, measurements: dict, vessels=None) -> torch.Tensor:
-    """(H, W) bool: the pixels of the bright and dark spots of ``fundusgen measure``'s lesion cues
-    (``fundusgen.measure.lesions.find_spots``), given the image's measured disc and fovea and its vessel
-    mask (``vessels``; by default the one ``fundusgen measure`` makes)."""
-    import numpy as np
+def lesion_mask(image, fov, measurements: dict, vessels=None, kinds: tuple[str, ...] = ("bright", "dark")
+                ) -> torch.Tensor:
+    """(H, W) bool: the pixels of the spots of ``fundusgen measure``'s lesion cues of ``kinds`` (bright:
+    exudates; dark: microaneurysms and haemorrhages; ``fundusgen.measure.lesions.find_spots``), given the
+    image's measured disc and fovea and its vessel mask (``vessels``; by default the one ``fundusgen
+    measure`` makes)."""
+    spots = _find_spots(image, fov, measurements, vessels)
+    return torch.from_numpy(np.logical_or.reduce([spots[k][1] for k in kinds]))
 
+
+def _find_spots(image, fov, measurements: dict, vessels=None) -> dict:
     from fundusgen.measure.attributes import vessel_mask
     from fundusgen.measure.disc import Anatomy
     from fundusgen.measure.lesions import find_spots
@@ -227,8 +234,7 @@ def lesion_mask(image, fov, measurements: dict, vessels=None) -> torch.Tensor:
     px, disc, fovea = float(image.shape[1]), measurements["disc"], measurements.get("fovea")
     a = Anatomy(disc["x"] * px, disc["y"] * px, disc["diameter"] * px, disc.get("ratio", 0.0),
                 fovea["x"] * px if fovea else None, fovea["y"] * px if fovea else None, None, 0.0)
-    spots = find_spots(image, fov, vessel_mask(image, fov)[0] if vessels is None else vessels, a)
-    return torch.from_numpy(np.logical_or(spots["bright"][1], spots["dark"][1]))
+    return find_spots(image, fov, vessel_mask(image, fov)[0] if vessels is None else vessels, a)
 
 
 def lesion_map(mask: torch.Tensor, side: int) -> torch.Tensor:
@@ -238,8 +244,10 @@ def lesion_map(mask: torch.Tensor, side: int) -> torch.Tensor:
     return F.adaptive_max_pool2d(mask[None, None].float(), side)[0, 0]
 
 
-# The loss maps (config.LOSS_MAPS) that need the vessel network, made in one pass by build_network_maps.
-NETWORK_MAPS = ("vessels", "lesions")
+# The loss maps (config.LOSS_MAPS) that need the vessel network, made in one pass by build_network_maps,
+# and the spots of each lesion map's kinds.
+NETWORK_MAPS = ("vessels", "lesions", "dark_spots")
+LESION_MAPS = {"lesions": ("bright", "dark"), "dark_spots": ("dark",)}
 
 
 @torch.no_grad()
@@ -258,16 +266,20 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
       network's vessel mask of the same pass (``fundusgen measure``'s but for its black margin, which
       changes it only where the field of view fills the frame, as no prepared photograph's does).
       ``fundusgen measure`` stores lesion counts per region, not positions, so the detector runs again
-      here; the images must have been measured (their disc and fovea)."""
+      here; the images must have been measured (their disc and fovea).
+    - ``dark_spots``: ``dark_spots_{res}``, the same of the dark spots only (microaneurysms and
+      haemorrhages: the DR cue, where the bright one also fires on reflections); the detector runs once
+      for both lesion maps."""
     from fundusgen.measure.attributes import VERSION, weights_id
     from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
     if set(kinds) - set(NETWORK_MAPS):
         raise ValueError(f"unknown network maps {sorted(set(kinds) - set(NETWORK_MAPS))}: expected {NETWORK_MAPS}")
     stamps = {"vessels": {"keys": keys, "weights": weights_id(), "sides": latent_sides}}
-    if "lesions" in kinds:
+    if set(kinds) & set(LESION_MAPS):
         detector = hashlib.sha256(_DETECTOR_CODE.encode()).hexdigest()[:12]
-        stamps["lesions"] = {"keys": keys, "data": data_digest(data), "weights": weights_id(), "measure": VERSION,
-                             "detector": detector, "sides": latent_sides}
+        for kind in set(kinds) & set(LESION_MAPS):
+            stamps[kind] = {"keys": keys, "data": data_digest(data), "weights": weights_id(), "measure": VERSION,
+                            "detector": detector, "sides": latent_sides, "spots": list(LESION_MAPS[kind])}
     paths = {kind: out / f"{kind}.safetensors" for kind in kinds}
     todo = [kind for kind in kinds if not cache_is_current(paths[kind], stamps[kind])]
     if not todo:
@@ -277,11 +289,13 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
         raise FundusgenError(f"denoiser.{LOSS_MAPS[todo[0]]} needs the vessel "
                              "network's weights, which this install lacks (fundusgen/measure/weights/vessels)")
     measured: dict[str, dict] = {}
-    if "lesions" in todo:
+    lesion_kinds = [kind for kind in todo if kind in LESION_MAPS]
+    if lesion_kinds:
         measured, _ = caption_sources(data)
         missing = [k for k in keys if not (measured.get(k) or {}).get("disc")]
         if missing:
-            raise FundusgenError(f"{data}: denoiser.lesion_weight needs `fundusgen measure` of the training images, "
+            raise FundusgenError(f"{data}: denoiser.{LOSS_MAPS[lesion_kinds[0]]} needs `fundusgen measure` of the "
+                                 "training images, "
                                  f"and {len(missing)} of {len(keys)} have none (first: {missing[0]}): run `fundusgen "
                                  f"measure {data}`")
     if torch.cuda.is_available():  # 4,000 photographs: minutes on a CPU, seconds on a GPU
@@ -294,13 +308,15 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
                        desc=" and ".join(f"{kind[:-1]} maps" for kind in todo), unit="img", disable=not progress):
         prob, vessels = network_vessels(net, sample["image"], sample["fov"])
         i = row[sample["key"]]
-        if "lesions" in todo:
-            spots = lesion_mask(sample["image"], sample["fov"], measured[sample["key"]], vessels.astype(bool))
+        if lesion_kinds:
+            spots = _find_spots(sample["image"], sample["fov"], measured[sample["key"]], vessels.astype(bool))
+            masks = {kind: torch.from_numpy(np.logical_or.reduce([spots[k][1] for k in LESION_MAPS[kind]]))
+                     for kind in lesion_kinds}
         for r, side in latent_sides.items():
             if "vessels" in todo:
                 maps["vessels"][r][i] = F.adaptive_avg_pool2d(torch.from_numpy(prob)[None, None].float(), side)[0].half()
-            if "lesions" in todo:
-                maps["lesions"][r][i, 0] = lesion_map(spots, side).half()
+            for kind in lesion_kinds:
+                maps[kind][r][i, 0] = lesion_map(masks[kind], side).half()
         seen += 1
     if seen != len(keys):
         raise FundusgenError(f"{data}: {len(keys) - seen} cached training images are no longer in the folder; "

@@ -91,7 +91,8 @@ class StageConfig:
 
 # The cached maps that weigh the denoiser's loss per latent cell, and the recipe setting of each
 # (cache.py makes them, denoiser.make_batch adds them up).
-LOSS_MAPS = {"vessels": "vessel_weight", "anatomy": "anatomy_weight", "lesions": "lesion_weight"}
+LOSS_MAPS = {"vessels": "vessel_weight", "anatomy": "anatomy_weight", "lesions": "lesion_weight",
+             "dark_spots": "dark_spot_weight"}
 
 
 @dataclass
@@ -118,6 +119,8 @@ class DenoiserTrainConfig:
     lesion_weight: float = 0.0   # > 0: and + lesion_weight where the cell holds a bright or dark spot of the
                                  # measured lesion cues (exudates, microaneurysms, haemorrhages), the few cells
                                  # that show a DR grade
+    dark_spot_weight: float = 0.0  # > 0: and + dark_spot_weight where the cell holds a dark spot (microaneurysms,
+                                   # haemorrhages) only: the DR cue, where the bright one also fires on reflections
 
     def __post_init__(self):
         for name in LOSS_MAPS.values():
