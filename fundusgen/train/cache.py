@@ -222,7 +222,10 @@ def lesion_mask(image, fov, measurements: dict, vessels=None, kinds: tuple[str, 
     exudates; dark: microaneurysms and haemorrhages; ``fundusgen.measure.lesions.find_spots``), given the
     image's measured disc and fovea and its vessel mask (``vessels``; by default the one ``fundusgen
     measure`` makes)."""
-    spots = _find_spots(image, fov, measurements, vessels)
+    return _spot_pixels(_find_spots(image, fov, measurements, vessels), kinds)
+
+
+def _spot_pixels(spots: dict, kinds: tuple[str, ...]) -> torch.Tensor:
     return torch.from_numpy(np.logical_or.reduce([spots[k][1] for k in kinds]))
 
 
@@ -310,8 +313,7 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
         i = row[sample["key"]]
         if lesion_kinds:
             spots = _find_spots(sample["image"], sample["fov"], measured[sample["key"]], vessels.astype(bool))
-            masks = {kind: torch.from_numpy(np.logical_or.reduce([spots[k][1] for k in LESION_MAPS[kind]]))
-                     for kind in lesion_kinds}
+            masks = {kind: _spot_pixels(spots, LESION_MAPS[kind]) for kind in lesion_kinds}
         for r, side in latent_sides.items():
             if "vessels" in todo:
                 maps["vessels"][r][i] = F.adaptive_avg_pool2d(torch.from_numpy(prob)[None, None].float(), side)[0].half()
