@@ -247,10 +247,10 @@ def lesion_map(mask: torch.Tensor, side: int) -> torch.Tensor:
     return F.adaptive_max_pool2d(mask[None, None].float(), side)[0, 0]
 
 
-# The loss maps (config.LOSS_MAPS) that need the vessel network, made in one pass by build_network_maps,
-# and the spots of each lesion map's kinds.
-NETWORK_MAPS = ("vessels", "lesions", "dark_spots")
+# The lesion maps and the spot kinds each holds, and the loss maps (config.LOSS_MAPS) that need the
+# vessel network: made in one pass by build_network_maps.
 LESION_MAPS = {"lesions": ("bright", "dark"), "dark_spots": ("dark",)}
+NETWORK_MAPS = ("vessels", *LESION_MAPS)
 
 
 @torch.no_grad()
@@ -277,12 +277,12 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
     from fundusgen.measure.vessels import network_vessels, shipped_vessel_net
     if set(kinds) - set(NETWORK_MAPS):
         raise ValueError(f"unknown network maps {sorted(set(kinds) - set(NETWORK_MAPS))}: expected {NETWORK_MAPS}")
-    stamps = {"vessels": {"keys": keys, "weights": weights_id(), "sides": latent_sides}}
-    if set(kinds) & set(LESION_MAPS):
-        detector = hashlib.sha256(_DETECTOR_CODE.encode()).hexdigest()[:12]
-        for kind in set(kinds) & set(LESION_MAPS):
-            stamps[kind] = {"keys": keys, "data": data_digest(data), "weights": weights_id(), "measure": VERSION,
-                            "detector": detector, "sides": latent_sides, "spots": list(LESION_MAPS[kind])}
+    weights = weights_id()
+    stamps = {"vessels": {"keys": keys, "weights": weights, "sides": latent_sides}}
+    if any(kind in LESION_MAPS for kind in kinds):
+        made_from = {"keys": keys, "data": data_digest(data), "weights": weights, "measure": VERSION,
+                     "detector": hashlib.sha256(_DETECTOR_CODE.encode()).hexdigest()[:12], "sides": latent_sides}
+        stamps.update({kind: {**made_from, "spots": list(spots)} for kind, spots in LESION_MAPS.items()})
     paths = {kind: out / f"{kind}.safetensors" for kind in kinds}
     todo = [kind for kind in kinds if not cache_is_current(paths[kind], stamps[kind])]
     if not todo:
