@@ -255,15 +255,14 @@ def score(items: list[Item], haze_threshold: float | None) -> dict:
         out["dr_lesions"] = {"n": len(lesions), "balanced_accuracy": balanced_accuracy(t, p),
                              "share_with_lesions_when_dr": float(p[t].mean()) if t.any() else None,
                              "share_with_lesions_when_no_dr": float(p[~t].mean()) if (~t).any() else None}
-    graded = [(_dr_target(i.attributes), int(i.predicted["dr_grade"])) for i in items
-              if _dr_target(i.attributes) is not None and "dr_grade" in i.predicted]
+    graded = [i for i in items if _dr_target(i.attributes) is not None and "dr_grade" in i.predicted]
     if graded:
-        t, p = (list(v) for v in zip(*graded))
+        t = [_dr_target(i.attributes) for i in graded]
+        p = [int(i.predicted["dr_grade"]) for i in graded]
         out["dr_grade"] = {"n": len(graded), "accuracy": float(np.mean(np.array(t) == np.array(p))),
                            "quadratic_kappa": quadratic_kappa(t, p), "confusion": confusion(t, p),
                            "mean_absolute_error": float(np.mean(np.abs(np.array(t) - np.array(p))))}
-        expected = [(_dr_target(i.attributes), i.predicted["dr_expected"]) for i in items
-                    if _dr_target(i.attributes) is not None and "dr_expected" in i.predicted]
+        expected = [(truth, i.predicted["dr_expected"]) for truth, i in zip(t, graded) if "dr_expected" in i.predicted]
         if expected:
             out["dr_grade"].update(grade_ordering(*(np.array(v, float) for v in zip(*expected))))
     cat = [(_cataract(i.attributes), haze_value(i.measurements), i.predicted.get("cataract")) for i in items
