@@ -56,6 +56,11 @@ def test_a_run_draws_both_sets_scores_them_and_resumes(prepared, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("protocol: error: ") and "nope" in err[0]
     assert not list((tmp_path / "nope").rglob("*.png"))
+    assert protocol.main(["run", str(tmp_path / "shift"), "--prepared", str(prepared), "--model", str(model),
+                          "--time-shift", "20", "--records-n", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("protocol: error: ") and "time shift" in err[0]
+    assert not list((tmp_path / "shift").rglob("*.png"))
 
 
 def card_report() -> dict:
@@ -95,7 +100,7 @@ def test_the_table_names_each_run_its_size_and_its_retries(tmp_path):
     records, attrs = protocol.summarise_records(card_report()), protocol.summarise_attributes(card_attributes())
     older = {k: v for k, v in records.items() if not k.startswith("dr_grade_")}   # a summary from before the figure
     for name, settings, r in (("shipped", {}, records), ("demo", {"anatomy_retries": 6}, records),
-                              ("heun", {"sampler": "heun", "steps": 13}, older)):
+                              ("heun", {"sampler": "heun", "steps": 13, "time_shift": 2.0}, older)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps(
             {"settings": {"records_n": 100, "per_cell": 4, "anatomy_retries": 0, **settings}, "records": r,
@@ -104,7 +109,7 @@ def test_the_table_names_each_run_its_size_and_its_retries(tmp_path):
     assert table[2].startswith("| shipped (100) | 120.0 / 0.092 | 0.16 / 0.04 | 1141 | 69% | 83% | 50% | 73% | 96% "
                                "| 0.050 (0.044) | 0.71 | 93% | n/a / n/a | 0.53 (9% / 3%) | 0.12 / 0.58 | 0 |")
     assert table[3].startswith("| demo (100, anatomy retries 6) | 120.0")
-    assert table[4].startswith("| heun (100, sampler heun, steps 13) | 120.0") and table[4].endswith("| n/a / n/a | 0 |")
+    assert table[4].startswith("| heun (100, sampler heun, steps 13, time shift 2.0) | 120.0") and table[4].endswith("| n/a / n/a | 0 |")
     assert table[-2].startswith("| demo (72, anatomy retries 6) | n/a (n/a, n/a) | n/a / n/a | 0.50 / 0.63 (0.23; 94%)")
 
 

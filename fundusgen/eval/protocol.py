@@ -20,8 +20,10 @@ for several runs side by side, in Markdown, so two models are compared on one pa
     python -m fundusgen.eval.protocol run out/h200 --prepared data/prepared512 --model runs/h200/model
     python -m fundusgen.eval.protocol table out/shipped out/h200
 
-``--anatomy-retries K`` measures the images as ``fundusgen generate --anatomy-retries K`` (and
-``make demo``) draws them: the anatomy figures then judge a set the check already filtered.
+``--steps``, ``--sampler``, ``--guidance`` and ``--time-shift`` measure a sampling setting (recorded
+under ``settings`` in the summary and in the table's row label). ``--anatomy-retries K`` measures the
+images as ``fundusgen generate --anatomy-retries K`` (and ``make demo``) draws them: the anatomy
+figures then judge a set the check already filtered.
 """
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def run_protocol(out: Path, prepared: Path, model: str | None = None, records_n:
                  anatomy_retries: int = 0, cache_dir: Path | None = None, progress: bool = True,
                  **sampling) -> dict:
     """Draw and score both sets under ``out``; returns (and writes) ``summary.json``. ``sampling``:
-    settings of the pipeline (``steps``, ``sampler``, ``guidance``; None: the model's own)."""
+    settings of the pipeline (``steps``, ``sampler``, ``guidance``, ``time_shift``; None: the model's own)."""
     from fundusgen.data.shards import atomic_write_text
     from fundusgen.eval.faithfulness import evaluate_faithfulness, generate_prompt_set, record_cells
     from fundusgen.eval.report import EvaluateConfig, RealSet, evaluate
@@ -165,7 +167,8 @@ def _name(folder: Path, summary: dict, n) -> str:
     where they are not the model's own."""
     settings = summary["settings"]
     parts = [str(n)] + [f"{key.replace('_', ' ')} {settings[key]}"
-                        for key in ("sampler", "steps", "guidance", "anatomy_retries") if settings.get(key)]
+                        for key in ("sampler", "steps", "guidance", "time_shift", "anatomy_retries")
+                        if settings.get(key)]
     return f"{Path(folder).name} ({', '.join(parts)})"
 
 
@@ -228,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     r.add_argument("--sampler", help="euler | heun | midpoint (default: the model's)")
     r.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    r.add_argument("--time-shift", type=float, help="the sampling schedule's SD3 shift (default: the model's)")
     r.add_argument("--cache", help="feature cache folder (default as `fundusgen evaluate`)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     t = sub.add_parser("table", help="the figures of protocol runs as the model card's Markdown tables")
@@ -237,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             run_protocol(Path(args.out), Path(args.prepared), args.model, args.records_n, args.per_cell,
                          args.anatomy_retries, Path(args.cache) if args.cache else None, progress=not args.quiet,
-                         steps=args.steps, sampler=args.sampler, guidance=args.guidance)
+                         steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                         time_shift=args.time_shift)
             print(markdown_tables([Path(args.out)]))
             print(f"wrote {Path(args.out) / 'summary.json'}")
         else:
