@@ -81,6 +81,9 @@ def test_bad_input_is_one_clear_line(prepared, model, tmp_path, capsys):
                        (["--prepared", str(prepared), "--resolution", "50"], "resolution must be a multiple")):
         assert flow_loss.main([*argv, "--model", str(model), "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and says in err and "\n" not in err
+        assert err.startswith("flow_loss: error: ") and says in err and "\n" not in err
+    assert flow_loss.main(["--prepared", str(prepared), "--model", str(tmp_path / "no_model"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("flow_loss: error: ") and "not a fundusgen model folder" in err and "\n" not in err
     with pytest.raises(FundusgenError, match="strictly between 0 and 1"):
         flow_loss.held_out_loss(FundusGen.from_pretrained(model), prepared, times=(0.0, 0.5), progress=False)

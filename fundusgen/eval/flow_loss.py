@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             from fundusgen.data.shards import atomic_write_text
             atomic_write_text(Path(args.json), json.dumps(rows, indent=2))
     except FundusgenError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"flow_loss: error: {e}", file=sys.stderr)
         return 2
     print(markdown_table(rows))
     return 0
