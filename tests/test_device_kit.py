@@ -58,14 +58,14 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     # measured (a disc and a fovea for every image, as `fundusgen measure` writes them), so the loss
     # can weigh the layout (configs/h200_continue.yaml's anatomy_weight) from the carried measurements
     write_measurements(tmp_path / "prepared", {"disc": {"x": 0.3, "y": 0.5, "diameter": 0.2}, "fovea": {"x": 0.6, "y": 0.5}})
-    # as configs/h200.yaml: a trained autoencoder taken as it is, and a denoiser with a refiner and
-    # a vessel- and anatomy-weighted loss, from images carried at the recipe's largest resolution
+    # as configs/h200_continue.yaml: a trained autoencoder taken as it is, and a denoiser with a refiner
+    # and a vessel-, anatomy- and lesion-weighted loss, from images carried at the recipe's largest resolution
     from fundusgen.model.autoencoder import FundusAutoencoder
     ae = FundusAutoencoder(**TINY["autoencoder"]["model"])
     ae.register_to_config(scaling_factor=0.5)
     ae.save_pretrained(str(tmp_path / "trained_ae"), safe_serialization=True)
     denoiser = {**TINY["denoiser"], "model": {**TINY["denoiser"]["model"], "refiner_channels": 8, "refiner_depth": 1},
-                "vessel_weight": 4.0, "anatomy_weight": 2.0, "init": str(tmp_path / "trained_dn")}
+                "vessel_weight": 4.0, "anatomy_weight": 2.0, "lesion_weight": 8.0, "init": str(tmp_path / "trained_dn")}
     # as configs/h200_continue.yaml: the denoiser goes on from a trained one
     from fundusgen.model.dit import DiT
     from fundusgen.model.text_encoder import TextEncoder
@@ -122,6 +122,7 @@ def test_a_packed_run_trains_detached_and_comes_back_in_parts(tmp_path):
     assert earlier.config["resolution"] == 32 and earlier.config["checkpoint"]["stage"] == "purified"
     assert (tmp_path / "fg" / "run" / "vessels.safetensors").is_file()  # the vessel maps, made on the device
     assert (tmp_path / "fg" / "run" / "anatomy.safetensors").is_file()  # and the layout's, from the carried measurements
+    assert (tmp_path / "fg" / "run" / "lesions.safetensors").is_file()  # and the lesions', the detector run there
 
 
 def test_the_compact_copy_keeps_measurements_and_purify_verdicts_in_its_new_shards(tmp_path):

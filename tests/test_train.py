@@ -427,6 +427,9 @@ def test_a_lesion_weighted_loss_caches_its_maps_in_the_vessel_maps_pass_and_adds
     stamps = {k: (run / f"{k}.safetensors").stat().st_mtime_ns for k in kinds}
     build_network_maps(data, run, info["keys"], {64: side}, kinds, progress=False)
     assert stamps == {k: (run / f"{k}.safetensors").stat().st_mtime_ns for k in kinds}
+    (run / "lesions.safetensors").unlink()   # made again with the detector in three threads: the same maps
+    build_network_maps(data, run, info["keys"], {64: side}, kinds, progress=False, workers=3)
+    assert torch.equal(load_file(run / "lesions.safetensors")["lesions_64"], lesions)
     with pytest.raises(ValueError, match="unknown network maps"):
         build_network_maps(data, run, info["keys"], {64: side}, ("vessel",), progress=False)
 

@@ -14,9 +14,10 @@ shipped weights out), and ``run.sh stage`` copies the carried part into $FG:
   out) with its measurements and purify verdicts, where ``fundusgen measure`` and ``purify`` ran;
 - ``data/vessels``: the vessel network's training images (DRIVE, CHASE_DB1 and STARE outside
   their official test splits) with their masks;
-- ``weights/vessels``: the shipped vessel network, when the recipe weights the loss by vessels
-  (``denoiser.vessel_weight``): ``run.sh start`` puts it back in the code it runs, and the run
-  makes its vessel maps on the GPU;
+- ``weights/vessels``: the shipped vessel network, when the recipe weights the loss by vessels or
+  lesions (``denoiser.vessel_weight``, ``lesion_weight``, ``dark_spot_weight``): ``run.sh start``
+  puts it back in the code it runs, and the run makes those maps there (the network on the GPU,
+  the lesion detector in threads beside it, from the carried measurements);
 - ``ae``, ``dn``: the recipe's ``autoencoder.init`` and ``denoiser.init`` folders, when it starts
   from trained ones (``run.sh start`` points the run's recipe at them: the shipped weights are
   parked, not sent);
@@ -47,8 +48,8 @@ from fundusgen.data.prepare import read_index
 from fundusgen.data.shards import atomic_write_bytes, atomic_write_text, write_shard
 from fundusgen.measure.vessels import SHIPPED as VESSEL_WEIGHTS
 from fundusgen.model.text_encoder import bundled_minilm_path
-from fundusgen.train.cache import caption_sources
-from fundusgen.train.config import load_recipe
+from fundusgen.train.cache import NETWORK_MAPS, caption_sources
+from fundusgen.train.config import LOSS_MAPS, load_recipe
 
 MIB = 1 << 20
 CARRY_LIMIT = 64 * MIB   # the device tool's limit on the working tree plus carried paths, per call
@@ -225,9 +226,13 @@ def main(argv: list[str] | None = None) -> int:
                          keep=lambda m: "vessels" in m["record"]["masks"]
                          and m["record"].get("source_labels", {}).get("split") != "test")
         print(f"{n} vessel training images")
-    if recipe.denoiser.vessel_weight > 0:  # the trainer's vessel maps need the vessel network the tree leaves parked
+    # the trainer's vessel and lesion maps need the vessel network the tree leaves parked
+    needs_net = {LOSS_MAPS[k]: getattr(recipe.denoiser, LOSS_MAPS[k]) for k in NETWORK_MAPS
+                 if getattr(recipe.denoiser, LOSS_MAPS[k]) > 0}
+    if needs_net:
         shutil.copytree(VESSEL_WEIGHTS, staging / "weights" / "vessels")
-        print(f"denoiser.vessel_weight {recipe.denoiser.vessel_weight}: the vessel network carried as weights/vessels/")
+        print(f"denoiser.{', '.join(f'{k} {v}' for k, v in needs_net.items())}: the vessel network carried as "
+              "weights/vessels/")
     if recipe.autoencoder.init:
         shutil.copytree(recipe.autoencoder.init, staging / "ae")
         print(f"autoencoder.init {recipe.autoencoder.init} carried as ae/")
