@@ -451,6 +451,26 @@ def test_a_lesion_weighted_loss_caches_its_maps_in_the_vessel_maps_pass_and_adds
     assert main(["train", "--config", str(negative), "--quiet"]) == 2
     assert "dark_spot_weight must be 0 or more" in capsys.readouterr().err
 
+    # lesion_gate dr: the lesion maps kept for the photographs labelled with DR (grade 2 here), zero for
+    # the grade-0 ones; the vessel maps untouched; the recipe trains with it, and refuses a value it lacks
+    from fundusgen.data.prepare import read_index
+    from fundusgen.train.cache import dr_labelled, gate_lesion_maps
+    grades = read_index(data).set_index("key")["dr_grade"].reindex(info["keys"])
+    gate = dr_labelled(data, info["keys"])
+    assert gate.tolist() == [float(g >= 1) for g in grades] and 0 < gate.sum() < len(gate)
+    maps = {"lesions_64": lesions.clone(), "dark_spots_64": dark.clone(), "vessels_64": vessels.clone()}
+    gate_lesion_maps(maps, gate)
+    for i, g in enumerate(gate.tolist()):
+        assert torch.equal(maps["lesions_64"][i], lesions[i] if g else torch.zeros_like(lesions[i]))
+        assert torch.equal(maps["dark_spots_64"][i], dark[i] if g else torch.zeros_like(dark[i]))
+    assert torch.equal(maps["vessels_64"], vessels)
+    gated = _recipe(tmp_path / "g.yaml", data, tmp_path / "g", denoiser={**denoiser, "lesion_gate": "dr"})
+    assert main(["train", "--config", str(gated), "--quiet"]) == 0
+    assert len(json.loads((tmp_path / "g" / "denoiser" / "loss_history.json").read_text())) == 2
+    wrong = _recipe(tmp_path / "w.yaml", data, tmp_path / "w", denoiser={**denoiser, "lesion_gate": "grade"})
+    assert main(["train", "--config", str(wrong), "--quiet"]) == 2
+    assert "lesion_gate must be none or dr" in capsys.readouterr().err
+
 
 def test_an_empty_purified_subset_is_one_clear_error_naming_the_stage():
     from fundusgen.train.config import StageConfig

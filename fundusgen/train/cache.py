@@ -256,6 +256,26 @@ LESION_MAPS = {"lesions": ("bright", "dark"), "dark_spots": ("dark",)}
 NETWORK_MAPS = ("vessels", *LESION_MAPS)
 
 
+def dr_labelled(data: str | Path, keys: list[str]) -> torch.Tensor:
+    """(N,) float: 1 for the records of ``keys`` whose labels say DR (``dr`` true, or a DR grade of 1
+    or more), 0 for the rest, those labelled free of DR and those whose source says nothing of it."""
+    from fundusgen.data.prepare import read_index
+    index = read_index(data).set_index("key")
+    rows = index.reindex(keys)
+    dr = rows["dr"].astype("boolean").fillna(False) if "dr" in rows else pd.Series(False, index=rows.index)
+    graded = (rows["dr_grade"].fillna(0) >= 1) if "dr_grade" in rows else pd.Series(False, index=rows.index)
+    return torch.tensor((dr.to_numpy(bool) | graded.to_numpy(bool)).astype(np.float32))
+
+
+def gate_lesion_maps(cache: dict, gate: torch.Tensor) -> None:
+    """``denoiser.lesion_gate: dr``: every cached lesion map (``lesions_*``, ``dark_spots_*``) kept only
+    for the records ``gate`` marks (:func:`dr_labelled`), zero elsewhere, in place. The extra weight
+    then falls on spots in photographs whose captions name DR, tying them to those words; what the
+    detector finds in the others (reflections, drusen, pigment, noise) weighs as any cell."""
+    for name in [n for n in cache if any(n.startswith(f"{kind}_") for kind in LESION_MAPS)]:
+        cache[name] = cache[name] * gate.to(cache[name].dtype).view(-1, *([1] * (cache[name].dim() - 1)))
+
+
 @torch.no_grad()
 def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_sides: dict[int, int],
                        kinds: tuple[str, ...] = ("vessels",), progress: bool = True,

@@ -121,11 +121,16 @@ class DenoiserTrainConfig:
                                  # that show a DR grade
     dark_spot_weight: float = 0.0  # > 0: and + dark_spot_weight where the cell holds a dark spot (microaneurysms,
                                    # haemorrhages) only: the DR cue, where the bright one also fires on reflections
+    lesion_gate: str = "none"    # none | dr: the lesion weights only in photographs labelled with DR
+                                 # (fundusgen.train.cache.gate_lesion_maps), not on spots the detector finds
+                                 # in the others
 
     def __post_init__(self):
         for name in LOSS_MAPS.values():
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)!r}")
+        if self.lesion_gate not in ("none", "dr"):
+            raise ValueError(f"lesion_gate must be none or dr, not {self.lesion_gate!r}")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
-from fundusgen.train.cache import NETWORK_MAPS, build_anatomy_maps, build_cache, build_network_maps, load_cache
+from fundusgen.train.cache import (NETWORK_MAPS, build_anatomy_maps, build_cache, build_network_maps, dr_labelled,
+                                   gate_lesion_maps, load_cache)
 from fundusgen.train.checkpoint import load_checkpoint, stages_behind
 from fundusgen.train.config import LOSS_MAPS, RecipeConfig, recipe_from_dict
 from fundusgen.train.denoiser import stage_folder, train_denoiser
@@ -50,6 +51,8 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
         if kinds:
             for path in build_network_maps(cfg.data, out, info["keys"], sides, kinds, shown).values():
                 cache.update(load_file(path))
+            if cfg.denoiser.lesion_gate == "dr":
+                gate_lesion_maps(cache, dr_labelled(cfg.data, info["keys"]))
         if cfg.denoiser.anatomy_weight > 0:
             cache.update(load_file(build_anatomy_maps(cfg.data, out, info["keys"], sides)))
     dit_dir = train_denoiser(cfg, cache, info, text_encoder.dim, vae.config.latent_channels, progress)
