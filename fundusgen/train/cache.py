@@ -257,14 +257,13 @@ NETWORK_MAPS = ("vessels", *LESION_MAPS)
 
 
 def dr_labelled(data: str | Path, keys: list[str]) -> torch.Tensor:
-    """(N,) float: 1 for the records of ``keys`` whose labels say DR (``dr`` true, or a DR grade of 1
-    or more), 0 for the rest, those labelled free of DR and those whose source says nothing of it."""
+    """(N,) float: 1 for the records of ``keys`` whose labels say DR as the captions read them
+    (``vocab.has_dr``: the grade, else the stage, else the flag), 0 for the rest, those labelled free
+    of DR and those whose source says nothing of it."""
     from fundusgen.data.prepare import read_index
-    index = read_index(data).set_index("key")
-    rows = index.reindex(keys)
-    dr = rows["dr"].astype("boolean").fillna(False) if "dr" in rows else pd.Series(False, index=rows.index)
-    graded = (rows["dr_grade"].fillna(0) >= 1) if "dr_grade" in rows else pd.Series(False, index=rows.index)
-    return torch.tensor((dr.to_numpy(bool) | graded.to_numpy(bool)).astype(np.float32))
+    from fundusgen.vocab import has_dr
+    rows = read_index(data).set_index("key").reindex(keys)
+    return torch.tensor([float(has_dr(r) is True) for r in rows.to_dict("records")])
 
 
 def gate_lesion_maps(cache: dict, gate: torch.Tensor) -> None:
