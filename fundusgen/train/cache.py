@@ -256,6 +256,12 @@ LESION_MAPS = {"lesions": ("bright", "dark"), "dark_spots": ("dark",)}
 NETWORK_MAPS = ("vessels", *LESION_MAPS)
 
 
+def network_maps_needed(denoiser) -> tuple[str, ...]:
+    """The maps of :data:`NETWORK_MAPS` whose loss weight (``config.LOSS_MAPS``) a denoiser recipe sets:
+    what :func:`build_network_maps` makes for it, and why it needs the vessel network."""
+    return tuple(kind for kind in NETWORK_MAPS if getattr(denoiser, LOSS_MAPS[kind]) > 0)
+
+
 def dr_labelled(data: str | Path, keys: list[str]) -> torch.Tensor:
     """(N,) float: 1 for the records of ``keys`` whose labels say DR as the captions read them
     (``vocab.has_dr``: the grade, else the stage, else the flag), 0 for the rest, those labelled free

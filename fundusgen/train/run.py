@@ -17,10 +17,10 @@ from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
-from fundusgen.train.cache import (NETWORK_MAPS, build_anatomy_maps, build_cache, build_network_maps, dr_labelled,
-                                   gate_lesion_maps, load_cache)
+from fundusgen.train.cache import (build_anatomy_maps, build_cache, build_network_maps, dr_labelled,
+                                   gate_lesion_maps, load_cache, network_maps_needed)
 from fundusgen.train.checkpoint import load_checkpoint, stages_behind
-from fundusgen.train.config import LOSS_MAPS, RecipeConfig, recipe_from_dict
+from fundusgen.train.config import RecipeConfig, recipe_from_dict
 from fundusgen.train.denoiser import stage_folder, train_denoiser
 from fundusgen.train.distributed import process_state
 from fundusgen.train.finetune_diffusers import finetune_pipeline
@@ -47,7 +47,7 @@ def train(cfg: RecipeConfig, progress: bool = True) -> Path:
         cache, info = load_cache(cache_path)
         sides = {r: cache[f"latents_{r}"].shape[-1] for r in resolutions}
         # the maps that need the vessel network come from one pass over the images
-        kinds = tuple(k for k in NETWORK_MAPS if getattr(cfg.denoiser, LOSS_MAPS[k]) > 0)
+        kinds = network_maps_needed(cfg.denoiser)
         if kinds:
             for path in build_network_maps(cfg.data, out, info["keys"], sides, kinds, shown).values():
                 cache.update(load_file(path))

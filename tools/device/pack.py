@@ -48,7 +48,7 @@ from fundusgen.data.prepare import read_index
 from fundusgen.data.shards import atomic_write_bytes, atomic_write_text, write_shard
 from fundusgen.measure.vessels import SHIPPED as VESSEL_WEIGHTS
 from fundusgen.model.text_encoder import bundled_minilm_path
-from fundusgen.train.cache import NETWORK_MAPS, caption_sources
+from fundusgen.train.cache import caption_sources, network_maps_needed
 from fundusgen.train.config import LOSS_MAPS, load_recipe
 
 MIB = 1 << 20
@@ -227,12 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                          and m["record"].get("source_labels", {}).get("split") != "test")
         print(f"{n} vessel training images")
     # the trainer's vessel and lesion maps need the vessel network the tree leaves parked
-    needs_net = {LOSS_MAPS[k]: getattr(recipe.denoiser, LOSS_MAPS[k]) for k in NETWORK_MAPS
-                 if getattr(recipe.denoiser, LOSS_MAPS[k]) > 0}
+    needs_net = [LOSS_MAPS[kind] for kind in network_maps_needed(recipe.denoiser)]
     if needs_net:
         shutil.copytree(VESSEL_WEIGHTS, staging / "weights" / "vessels")
-        print(f"denoiser.{', '.join(f'{k} {v}' for k, v in needs_net.items())}: the vessel network carried as "
-              "weights/vessels/")
+        print(f"denoiser.{', '.join(f'{w} {getattr(recipe.denoiser, w)}' for w in needs_net)}: the vessel "
+              "network carried as weights/vessels/")
     if recipe.autoencoder.init:
         shutil.copytree(recipe.autoencoder.init, staging / "ae")
         print(f"autoencoder.init {recipe.autoencoder.init} carried as ae/")
