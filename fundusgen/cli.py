@@ -140,11 +140,15 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from fundusgen.train.run import export_fp16
-    config = export_fp16(args.src, args.dst, guide=args.guide, stage=args.stage)
+    if args.weight is not None and not args.merge:
+        raise FundusgenError("--weight is the share of the --merge model: give --merge FOLDER too")
+    weight = 0.5 if args.weight is None else args.weight
+    config = export_fp16(args.src, args.dst, guide=args.guide, stage=args.stage, merge=args.merge, weight=weight)
     ckpt = config.get("checkpoint")
     taken = (f"; denoiser: EMA of the checkpoint at stage {ckpt['stage']!r} step {ckpt['step']} of {ckpt['of']}"
              if ckpt else "")
-    print(f"wrote {args.dst} (float16 weights{taken})")
+    merged = f"; denoiser: {1 - weight:g} of its own weights + {weight:g} of {args.merge}'s" if args.merge else ""
+    print(f"wrote {args.dst} (float16 weights{taken}{merged})")
     return 0
 
 
@@ -243,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose denoiser becomes the copy's guide network for `generate --autoguidance W`")
     p.add_argument("--stage", metavar="NAME", help="from a training run folder: the model as that recipe stage left "
                    "it (its EMA weights at its end, at its resolution), kept whatever later stages did")
+    p.add_argument("--merge", metavar="FOLDER", help="a model or run folder fine-tuned from the same model: the "
+                   "copy's denoiser becomes the interpolation (1 - W) own + W that one's (WiSE-FT)")
+    p.add_argument("--weight", type=float, metavar="W", help="with --merge: its share, 0-1 (default 0.5)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sources", help="list the dataset adapters")
