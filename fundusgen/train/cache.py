@@ -32,6 +32,7 @@ import os
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -349,7 +350,7 @@ def build_network_maps(data: str | Path, out: Path, keys: list[str], latent_side
     workers = max(1, workers or min(8, (os.cpu_count() or 2) - 1))
     pending: deque = deque()
     seen = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) if lesion_kinds else nullcontext() as pool:  # no threads for vessels
         for sample in tqdm(iter_samples(data, "train", keep=lambda m: m["key"] in row), total=len(keys),
                            desc=" and ".join(f"{kind[:-1]} maps" for kind in todo), unit="img",
                            disable=not progress):
