@@ -140,14 +140,16 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from fundusgen.train.run import export_fp16
-    if args.weight is not None and not args.merge:
-        raise FundusgenError("--weight is the share of the --merge model: give --merge FOLDER too")
-    weight = 0.5 if args.weight is None else args.weight
-    config = export_fp16(args.src, args.dst, guide=args.guide, stage=args.stage, merge=args.merge, weight=weight)
+    config = export_fp16(args.src, args.dst, guide=args.guide, stage=args.stage, merge=args.merge,
+                         weights=args.weight)
     ckpt = config.get("checkpoint")
     taken = (f"; denoiser: EMA of the checkpoint at stage {ckpt['stage']!r} step {ckpt['step']} of {ckpt['of']}"
              if ckpt else "")
-    merged = f"; denoiser: {1 - weight:g} of its own weights + {weight:g} of {args.merge}'s" if args.merge else ""
+    merged = ""
+    if args.merge:
+        own = 1 - sum(m["weight"] for m in config["merged"])
+        merged = f"; denoiser: {own:.3g} of its own weights" + "".join(f" + {m['weight']:.3g} of {m['with']}'s"
+                                                                      for m in config["merged"])
     print(f"wrote {args.dst} (float16 weights{taken}{merged})")
     return 0
 
@@ -247,9 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose denoiser becomes the copy's guide network for `generate --autoguidance W`")
     p.add_argument("--stage", metavar="NAME", help="from a training run folder: the model as that recipe stage left "
                    "it (its EMA weights at its end, at its resolution), kept whatever later stages did")
-    p.add_argument("--merge", metavar="FOLDER", help="a model or run folder fine-tuned from the same model: the "
-                   "copy's denoiser becomes the interpolation (1 - W) own + W that one's (WiSE-FT)")
-    p.add_argument("--weight", type=float, metavar="W", help="with --merge: its share, 0-1 (default 0.5)")
+    p.add_argument("--merge", metavar="FOLDER", action="append", default=[],
+                   help="a model or run folder fine-tuned from the same model (repeatable): the copy's denoiser "
+                        "becomes the weighted average of its own and theirs (WiSE-FT; several: a model soup)")
+    p.add_argument("--weight", type=float, metavar="W", action="append",
+                   help="with --merge: that model's share, one per --merge in order (default: all models equal)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sources", help="list the dataset adapters")

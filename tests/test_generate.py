@@ -192,41 +192,60 @@ def test_export_puts_another_models_denoiser_in_as_the_guide(model_dir, live_mod
     assert "does not match the denoiser" in capsys.readouterr().err
 
 
-def test_export_merges_two_fine_tunes_of_one_model_by_weight_interpolation(model_dir, live_model, tmp_path, capsys):
+def test_export_merges_fine_tunes_of_one_model_by_weight_averaging(model_dir, live_model, tmp_path, capsys):
     import torch
-    from fundusgen.model.autoencoder import FundusAutoencoder
-    a, b = FundusGen.from_pretrained(model_dir), FundusGen.from_pretrained(live_model)
-    for w in (0.0, 0.25, 1.0):
+    third = FundusGen.from_pretrained(model_dir)
+    _perturb(third.denoiser, 3)
+    third.save_pretrained(tmp_path / "third")
+    a, b, c = (FundusGen.from_pretrained(p) for p in (model_dir, live_model, tmp_path / "third"))
+    for w in (0.0, 0.25, 1.0):  # WiSE-FT: (1 - w) own + w other
         dst = tmp_path / f"w{w}"
         assert main(["export", str(model_dir), str(dst), "--merge", str(live_model), "--weight", str(w)]) == 0
         merged = FundusGen.from_pretrained(dst)
-        assert merged.config["merged"] == {"with": str(live_model), "weight": w}
+        assert merged.config["merged"] == [{"with": str(live_model), "weight": w}]
         for m, p, q in zip(merged.denoiser.parameters(), a.denoiser.parameters(), b.denoiser.parameters()):
             assert torch.allclose(m, (1 - w) * p + w * q, rtol=1e-3, atol=1e-3)  # float16, like the rest of an export
     assert "0.75 of its own weights + 0.25 of" in capsys.readouterr().out
+    # a uniform soup of three by default
+    assert main(["export", str(model_dir), str(tmp_path / "soup"), "--merge", str(live_model),
+                 "--merge", str(tmp_path / "third")]) == 0
+    assert "0.333 of its own weights + 0.333 of" in capsys.readouterr().out
+    soup = FundusGen.from_pretrained(tmp_path / "soup")
+    for m, p, q, r in zip(soup.denoiser.parameters(), a.denoiser.parameters(), b.denoiser.parameters(),
+                          c.denoiser.parameters()):
+        assert torch.allclose(m, (p + q + r) / 3, rtol=1e-3, atol=1e-3)
     # half-way draws something else than either end (the same seed)
     assert main(["export", str(model_dir), str(tmp_path / "half"), "--merge", str(live_model)]) == 0
     draw = lambda path: np.asarray(FundusGen.from_pretrained(path)("left eye", seed=1).images[0])
     assert not np.array_equal(draw(tmp_path / "half"), draw(tmp_path / "w0.0"))
     assert not np.array_equal(draw(tmp_path / "half"), draw(tmp_path / "w1.0"))
     capsys.readouterr()
-    # one clear line each: a weight out of range, a weight without a model, another autoencoder or architecture
-    assert main(["export", str(model_dir), str(tmp_path / "x"), "--merge", str(live_model), "--weight", "1.5"]) == 2
-    assert "--weight must be 0-1" in capsys.readouterr().err
-    assert main(["export", str(model_dir), str(tmp_path / "x"), "--weight", "0.3"]) == 2
+    # one clear line each: weights out of range or miscounted, a weight without a model, another
+    # autoencoder or architecture
+    merge = lambda *extra: main(["export", str(model_dir), str(tmp_path / "x"), *extra])
+    assert merge("--merge", str(live_model), "--weight", "1.5") == 2
+    assert "--weight must be 0-1 each" in capsys.readouterr().err
+    assert merge("--merge", str(live_model), "--merge", str(live_model), "--weight", "0.6", "--weight", "0.6") == 2
+    assert "at most 1 together" in capsys.readouterr().err
+    assert merge("--merge", str(live_model), "--merge", str(live_model), "--weight", "0.5") == 2
+    assert "one per --merge model (2)" in capsys.readouterr().err
+    assert merge("--weight", "0.3") == 2
     assert "give --merge FOLDER too" in capsys.readouterr().err
     other_ae = FundusGen.from_pretrained(live_model)
     _perturb(other_ae.autoencoder, 1)
     other_ae.save_pretrained(tmp_path / "other_ae")
-    assert main(["export", str(model_dir), str(tmp_path / "x"), "--merge", str(tmp_path / "other_ae")]) == 2
-    assert "its autoencoder differs" in capsys.readouterr().err
+    assert merge("--merge", str(tmp_path / "other_ae")) == 2
+    assert "other_ae: its autoencoder differs" in capsys.readouterr().err
     from fundusgen.model.dit import DiT
     other_dit = FundusGen.from_pretrained(model_dir)
     other_dit.denoiser = DiT(hidden_size=32, depth=1, num_heads=2, text_dim=384, patch_size=4)
     other_dit.save_pretrained(tmp_path / "other_dit")
-    assert main(["export", str(model_dir), str(tmp_path / "x"), "--merge", str(tmp_path / "other_dit")]) == 2
+    assert merge("--merge", str(tmp_path / "other_dit")) == 2
     assert "another architecture" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # a merged model exported again, without merging, does not claim a merge it did not make now
+    assert main(["export", str(tmp_path / "soup"), str(tmp_path / "again")]) == 0
+    assert "of its own weights" not in capsys.readouterr().out
 
 
 def test_attributes_become_a_caption(model_dir, tmp_path):

@@ -147,26 +147,40 @@ def _denoiser_folder(model: Path) -> DiT:
         raise FundusgenError(f"{model}: no loadable denoiser/ ({str(e).splitlines()[0][:200]})") from None
 
 
-def interpolate_weights(pipe: FundusGen, other: FundusGen, weight: float, where) -> None:
-    """Weight-space interpolation of two fine-tunes of one model (WiSE-FT, Wortsman et al. 2022),
-    in place on ``pipe``'s denoiser: theta = (1 - w) theta_pipe + w theta_other. Both must share
-    the autoencoder, since their denoisers must have learned the same latents."""
-    if not 0.0 <= weight <= 1.0:
-        raise FundusgenError(f"--weight must be 0-1 (got {weight})")
-    ours, theirs = pipe.autoencoder.state_dict(), other.autoencoder.state_dict()
-    if ours.keys() != theirs.keys() or any(not torch.equal(ours[k].float(), theirs[k].float()) for k in ours):
-        raise FundusgenError(f"{where}: its autoencoder differs from the model's; only fine-tunes of one model "
-                             "(same autoencoder, so the same latents) can be merged")
-    a, b = pipe.denoiser.state_dict(), other.denoiser.state_dict()
-    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
-        raise FundusgenError(f"{where}: its denoiser has another architecture than the model's (weights differ "
-                             "in names or shapes); only fine-tunes of one model can be merged")
-    pipe.denoiser.load_state_dict({k: torch.lerp(a[k].float(), b[k].float(), weight).to(a[k].dtype)
-                                   if a[k].is_floating_point() else a[k] for k in a})
+def soup_weights(n: int, weights: list[float] | None) -> list[float]:
+    """The shares of ``n`` merged models (``weights``, or a uniform soup: 1 / (n + 1) each), checked:
+    each 0-1 and together at most 1, the rest being the model's own."""
+    weights = [1.0 / (n + 1)] * n if not weights else list(weights)
+    if len(weights) != n:
+        raise FundusgenError(f"--weight: give one per --merge model ({n}), or none for a uniform soup "
+                             f"(got {len(weights)})")
+    if any(not 0.0 <= w <= 1.0 for w in weights) or sum(weights) > 1.0 + 1e-9:
+        raise FundusgenError(f"--weight must be 0-1 each and at most 1 together (got {', '.join(map(str, weights))})")
+    return weights
+
+
+def merge_weights(pipe: FundusGen, others: list[FundusGen], weights: list[float], where: list) -> None:
+    """Weight-space averaging of fine-tunes of one model, in place on ``pipe``'s denoiser:
+    theta = (1 - sum_i w_i) theta_pipe + sum_i w_i theta_i; one other model is WiSE-FT's
+    interpolation (Wortsman et al. 2022), several a model soup (Wortsman et al. 2022). All must
+    share the autoencoder, since their denoisers must have learned the same latents."""
+    ours, a = pipe.autoencoder.state_dict(), pipe.denoiser.state_dict()
+    merged = {k: (1.0 - sum(weights)) * v.float() for k, v in a.items() if v.is_floating_point()}
+    for other, w, name in zip(others, weights, where):
+        theirs, b = other.autoencoder.state_dict(), other.denoiser.state_dict()
+        if ours.keys() != theirs.keys() or any(not torch.equal(ours[k].float(), theirs[k].float()) for k in ours):
+            raise FundusgenError(f"{name}: its autoencoder differs from the model's; only fine-tunes of one model "
+                                 "(same autoencoder, so the same latents) can be merged")
+        if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+            raise FundusgenError(f"{name}: its denoiser has another architecture than the model's (weights differ "
+                                 "in names or shapes); only fine-tunes of one model can be merged")
+        for k in merged:
+            merged[k] += w * b[k].float()
+    pipe.denoiser.load_state_dict({k: merged[k].to(v.dtype) if k in merged else v for k, v in a.items()})
 
 
 def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = None, stage: str | None = None,
-                merge: str | Path | None = None, weight: float = 0.5) -> dict:
+                merge: list[str | Path] = (), weights: list[float] | None = None) -> dict:
     """Copy a model folder, or what a training run folder holds now (``model_from_run``; with
     ``stage``, as that stage left it), with its weights in float16 (half the size; loads back as
     float32). Returns the written model's config (with ``checkpoint``, the stage and step, when it
@@ -175,17 +189,18 @@ def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = Non
     ``guide``: a model or run folder whose denoiser becomes the copy's guide network for
     autoguidance (``generate --autoguidance W``), typically an earlier export of the same run.
 
-    ``merge``: a model or run folder, a fine-tune of the same model, whose denoiser weights are
-    interpolated with the copy's (``interpolate_weights``; ``weight`` is the merged model's share)."""
+    ``merge``: model or run folders, fine-tunes of the same model, whose denoiser weights are averaged
+    with the copy's (``merge_weights``; ``weights``: their shares, by default a uniform soup)."""
     load = lambda p: model_from_run(p) if (Path(p) / "recipe.json").is_file() else FundusGen.from_pretrained(p)
-    if merge is not None and not 0.0 <= weight <= 1.0:  # before loading anything
-        raise FundusgenError(f"--weight must be 0-1 (got {weight})")
+    if weights and not merge:
+        raise FundusgenError("--weight is the share of a --merge model: give --merge FOLDER too")
+    weights = soup_weights(len(merge), weights)  # checked before anything loads
     if stage is not None and not (Path(src) / "recipe.json").is_file():
         raise FundusgenError(f"--stage {stage}: {src} is not a training run folder (no recipe.json)")
     pipe = model_from_run(src, stage) if stage is not None else load(Path(src))
-    if merge is not None:
-        interpolate_weights(pipe, load(Path(merge)), weight, merge)
-        pipe.config["merged"] = {"with": str(merge), "weight": weight}
+    if merge:
+        merge_weights(pipe, [load(Path(m)) for m in merge], weights, merge)
+        pipe.config["merged"] = [{"with": str(m), "weight": w} for m, w in zip(merge, weights)]
     if guide is not None:
         # a model folder's denoiser alone: loading its whole pipeline would load a second text encoder
         pipe.guide = (load(Path(guide)).denoiser if (Path(guide) / "recipe.json").is_file()
