@@ -49,6 +49,7 @@ def test_a_run_draws_both_sets_scores_them_and_resumes(prepared, tmp_path, capsy
     assert protocol.main(["table", str(out), str(out)]) == 0
     table = capsys.readouterr().out
     assert table.count("| run (3) |") == 2 and table.count("| run (18) |") == 2
+    assert "| run (3 pairs) | +0.0 [+0.0, +0.0] (p 1.00) |" in table  # a run against itself, image by image
 
     # a sampling setting the pipeline refuses is one line, before any image is drawn
     assert protocol.main(["run", str(tmp_path / "nope"), "--prepared", str(prepared), "--model", str(model),
@@ -110,7 +111,45 @@ def test_the_table_names_each_run_its_size_and_its_retries(tmp_path):
                                "| 0.050 (0.044) | 0.71 | 93% | n/a / n/a | 0.53 (9% / 3%) | 0.12 / 0.58 | 0 |")
     assert table[3].startswith("| demo (100, anatomy retries 6) | 120.0")
     assert table[4].startswith("| heun (100, sampler heun, steps 13, time shift 2.0) | 120.0") and table[4].endswith("| n/a / n/a | 0 |")
-    assert table[-2].startswith("| demo (72, anatomy retries 6) | n/a (n/a, n/a) | n/a / n/a | 0.50 / 0.63 (0.23; 94%)")
+    assert table[-7].startswith("| demo (72, anatomy retries 6) | n/a (n/a, n/a) | n/a / n/a | 0.50 / 0.63 (0.23; 94%)")
+    # summaries without their images cannot be compared image by image, and say so in their row
+    assert table[-4].startswith("| against shipped, image by image")
+    assert table[-2].startswith("| demo | not paired: ") and "report.json" in table[-2]
+
+
+def _records_run(folder, valid: list[bool]):
+    """A protocol run folder's records images: sidecars and their anatomy checks, valid or not."""
+    from fundusgen.eval.anatomy import AnatomyCheck, Disc
+    (folder / "records").mkdir(parents=True)
+    (folder / "records_report").mkdir()
+    images = {}
+    for i, ok in enumerate(valid):
+        name = f"{i:03d}_000_seed{i}"
+        (folder / "records" / f"{name}.json").write_text(json.dumps({"prompt": f"record {i}", "seed": i}))
+        check = AnatomyCheck(0.98, 0.9, "good", 1, [Disc(10.0, 10.0, 8.0, 5.0, True)],
+                             reasons=[] if ok else ["no fovea: no dark centre"])
+        images[f"{name}.png"] = check.to_dict()
+    (folder / "records_report" / "report.json").write_text(json.dumps({"anatomy": {"images": images}}))
+
+
+def test_runs_on_the_same_records_are_compared_image_by_image(tmp_path):
+    _records_run(tmp_path / "base", [True] * 16 + [False] * 4)
+    _records_run(tmp_path / "other", [False] * 4 + [True] * 12 + [True] + [False] * 3)  # 4 lost, 1 gained
+    paired = protocol.paired_anatomy(tmp_path / "base", tmp_path / "other")
+    valid = paired["valid"]
+    assert paired["n"] == 20 and (valid["gained"], valid["lost"]) == (1, 4)
+    assert valid["difference"] == pytest.approx(-0.15) and valid["p"] == pytest.approx(0.375)  # McNemar exact
+    se = (5 - 3 ** 2 / 20) ** 0.5 / 20
+    assert valid["ci95"] == pytest.approx([-0.15 - 1.96 * se, -0.15 + 1.96 * se])
+    assert paired["fovea"]["difference"] == pytest.approx(-0.15)
+    assert paired["one_disc"] == {"gained": 0, "lost": 0, "difference": 0.0, "ci95": [0.0, 0.0], "p": 1.0}
+    assert protocol._paired_cell(valid) == "-15.0 [-35.9, +5.9] (p 0.38)"
+    # only images of the same prompt under the same name pair up
+    sidecar = tmp_path / "other" / "records" / "000_000_seed0.json"
+    sidecar.write_text(json.dumps({"prompt": "another record", "seed": 0}))
+    assert protocol.paired_anatomy(tmp_path / "base", tmp_path / "other")["valid"]["lost"] == 3
+    with pytest.raises(protocol.FundusgenError, match="no per-image anatomy checks"):
+        protocol.paired_anatomy(tmp_path / "base", tmp_path / "nowhere")
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):

@@ -275,6 +275,17 @@ def check_image(rgb: np.ndarray) -> AnatomyCheck:
                         round(m.vessel_density, 4), round(m.branching_length, 3), m.haze, reasons)
 
 
+# The per-image outcomes whose shares ``summarise`` reports, by name: a paired comparison of two
+# models on the same prompts and seeds counts them image by image (``fundusgen.eval.protocol``).
+OUTCOMES = {
+    "valid": lambda c: c.valid,
+    "one_disc": lambda c: c.optic_discs == 1,
+    "disc_confirmed": lambda c: bool(c.discs) and c.discs[0].confirmed,
+    "fovea": lambda c: c.optic_discs == 1 and not any("fovea" in r for r in c.reasons),
+    "vessel_tree": lambda c: not any("no vessel tree" in r for r in c.reasons),
+}
+
+
 def summarise(checks: list[AnatomyCheck]) -> dict:
     """Shares and distributions of a set of checks, ready for JSON."""
     n = len(checks)
@@ -287,18 +298,17 @@ def summarise(checks: list[AnatomyCheck]) -> dict:
     branching = np.array([c.branching_length if c.branching_length is not None else 0.0 for c in checks])
     tree_haze_max = calibration()["tree_haze_max"]
     quantiles = (0.05, 0.25, 0.5, 0.75, 0.95)
-    has = lambda word: float(np.mean([any(word in r for r in c.reasons) for c in checks]))  # noqa: E731
+    share = lambda outcome: float(np.mean([OUTCOMES[outcome](c) for c in checks]))  # noqa: E731
     return {
         "n": n,
-        "valid_share": float(np.mean([c.valid for c in checks])),
+        "valid_share": share("valid"),
         "round_fov_share": float(np.mean(roundness >= MIN_ROUNDNESS)),
-        "one_disc_share": float(np.mean(discs == 1)),
+        "one_disc_share": share("one_disc"),
         "disc_count_shares": {**{str(k): float(np.mean(discs == k)) for k in (0, 1, 2)},
                               "3+": float(np.mean(discs >= 3))},
-        "confirmed_disc_share": float(np.mean([bool(c.discs) and c.discs[0].confirmed for c in checks])),
-        "fovea_share": float(np.mean([c.optic_discs == 1 and not any("fovea" in r for r in c.reasons)
-                                      for c in checks])),
-        "vessel_tree_share": 1.0 - has("no vessel tree"),
+        "confirmed_disc_share": share("disc_confirmed"),
+        "fovea_share": share("fovea"),
+        "vessel_tree_share": share("vessel_tree"),
         "fov_roundness_quantiles": {f"q{q:g}": float(np.quantile(roundness, q)) for q in quantiles},
         "quality_quantiles": {f"q{q:g}": float(np.quantile(quality_scores, q)) for q in quantiles},
         "vessel_density_quantiles": {f"q{q:g}": float(np.quantile(density, q)) for q in quantiles},

@@ -181,6 +181,51 @@ def _order_cell(figures: dict) -> str:
     return f"{_f(figures.get('dr_grade_spearman'))} / {_f(figures.get('dr_grade_auc'))}"
 
 
+PAIRED = ("valid", "one_disc", "disc_confirmed", "fovea", "vessel_tree")  # anatomy.OUTCOMES compared image by image
+
+
+def _records_checks(folder: Path) -> dict:
+    """name -> (prompt, anatomy check) of a run's records images."""
+    from fundusgen.eval.anatomy import AnatomyCheck
+    report = Path(folder) / "records_report" / "report.json"
+    try:
+        images = json.loads(report.read_text())["anatomy"]["images"]
+        return {name: (json.loads((Path(folder) / "records" / f"{Path(name).stem}.json").read_text())["prompt"],
+                       AnatomyCheck.from_dict(check)) for name, check in images.items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FundusgenError(f"{report}: no per-image anatomy checks with their sidecars ({e})") from None
+
+
+def paired_anatomy(base: Path, other: Path) -> dict:
+    """``other``'s anatomy outcomes against ``base``'s, image by image over the records images both
+    drew for the same prompt (file name; a protocol run draws record i from seed i, so two runs of one
+    prepared folder pair up): per outcome, the images only ``other`` passes (``gained``) and only
+    ``base`` passes (``lost``), the change in share d = (gained - lost) / n with its 95% Wald interval
+    for paired proportions, and McNemar's exact p (two-sided binomial test of gained against lost).
+    Pairing takes out the prompt-to-prompt spread, so it sees smaller changes than the two shares."""
+    from scipy.stats import binomtest
+    from fundusgen.eval.anatomy import OUTCOMES
+    a, b = _records_checks(base), _records_checks(other)
+    names = [name for name in sorted(a) if name in b and a[name][0] == b[name][0]]
+    if not names:
+        raise FundusgenError(f"{other}: none of its records images has a prompt of {base}'s under the same name")
+    n, out = len(names), {"n": len(names)}
+    for outcome in PAIRED:
+        passes = OUTCOMES[outcome]
+        gained = sum(passes(b[k][1]) and not passes(a[k][1]) for k in names)
+        lost = sum(passes(a[k][1]) and not passes(b[k][1]) for k in names)
+        d = (gained - lost) / n
+        se = math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
+        out[outcome] = {"gained": gained, "lost": lost, "difference": d, "ci95": [d - 1.96 * se, d + 1.96 * se],
+                        "p": binomtest(gained, gained + lost).pvalue if gained + lost else 1.0}
+    return out
+
+
+def _paired_cell(c: dict) -> str:
+    lo, hi = c["ci95"]
+    return f"{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (p {c['p']:.2f})"
+
+
 def markdown_tables(folders: list[Path]) -> str:
     """The model card's two tables, one row per protocol run."""
     runs = [(Path(f), read_summary(f)) for f in folders]
@@ -209,6 +254,19 @@ def markdown_tables(folders: list[Path]) -> str:
             f"{_f(a['eye_confident_accuracy'], percent=True)}) | {_f(a['haze_severe'])} / {_f(a['haze_none'])} "
             f"| {_f(a['cdr_for_0.3'])} / {_f(a['cdr_for_0.8'])} ({_f(a['cdr_mae'])}; {_f(a['cdr_found'], percent=True)}) "
             f"| {_dr_cell(a)} | {_order_cell(a)} |")
+    if len(runs) > 1:
+        base = runs[0][0]
+        lines += ["", f"| against {base.name}, image by image: change in share, points [95% CI] (McNemar p) "
+                      "| valid | one disc | disc confirmed | fovea | vessel tree |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for folder, s in runs[1:]:
+            try:
+                paired = paired_anatomy(base, folder)
+            except FundusgenError as e:
+                lines.append(f"| {folder.name} | not paired: {e} | | | | |")
+                continue
+            lines.append(f"| {folder.name} ({paired['n']} pairs) | "
+                         + " | ".join(_paired_cell(paired[o]) for o in PAIRED) + " |")
     return "\n".join(lines)
 
 
