@@ -14,7 +14,9 @@ Two image sets, each scored by the evaluation's own code:
 ``run`` writes both sets, ``records_report/`` and ``attributes.json`` under its output folder and a
 ``summary.json`` with the figures the model card's tables show; it resumes (images already drawn
 with the same settings are kept, per-image measurements are cached). ``table`` prints those rows
-for several runs side by side, in Markdown, so two models are compared on one page::
+for several runs side by side, in Markdown, so two models are compared on one page, then every run
+against the first image by image (``paired_anatomy``: the same records drawn from the same seeds,
+so the anatomy outcomes pair up)::
 
     python -m fundusgen.eval.protocol run out/shipped --prepared data/prepared512
     python -m fundusgen.eval.protocol run out/h200 --prepared data/prepared512 --model runs/h200/model
