@@ -144,6 +144,7 @@ def test_runs_on_the_same_records_are_compared_image_by_image(tmp_path):
     assert paired["fovea"]["difference"] == pytest.approx(-0.15)
     assert paired["one_disc"] == {"gained": 0, "lost": 0, "difference": 0.0, "ci95": [0.0, 0.0], "p": 1.0}
     assert protocol._paired_cell(valid) == "-15.0 [-35.9, +5.9] (p 0.38)"
+    assert protocol._paired_cell({**valid, "p": 0.004}).endswith("(p < 0.01)")
     # only images of the same prompt under the same name pair up
     sidecar = tmp_path / "other" / "records" / "000_000_seed0.json"
     sidecar.write_text(json.dumps({"prompt": "another record", "seed": 0}))

@@ -225,7 +225,8 @@ def paired_anatomy(base: Path, other: Path) -> dict:
 
 def _paired_cell(c: dict) -> str:
     lo, hi = c["ci95"]
-    return f"{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (p {c['p']:.2f})"
+    p = f"p {c['p']:.2f}" if c["p"] >= 0.01 else "p < 0.01"
+    return f"{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({p})"
 
 
 def markdown_tables(folders: list[Path]) -> str:
