@@ -205,9 +205,13 @@ def paired_anatomy(base: Path, other: Path) -> dict:
     ``base`` passes (``lost``), the change in share d = (gained - lost) / n with its 95% Wald interval
     for paired proportions, and McNemar's exact p (two-sided binomial test of gained against lost).
     Pairing takes out the prompt-to-prompt spread, so it sees smaller changes than the two shares."""
+    return _paired(_records_checks(base), _records_checks(other), base, other)
+
+
+def _paired(a: dict, b: dict, base, other) -> dict:
+    """:func:`paired_anatomy` of two runs' records checks already read (``_records_checks``)."""
     from scipy.stats import binomtest
     from fundusgen.eval.anatomy import OUTCOMES
-    a, b = _records_checks(base), _records_checks(other)
     names = [name for name in sorted(a) if name in b and a[name][0] == b[name][0]]
     if not names:
         raise FundusgenError(f"{other}: none of its records images has a prompt of {base}'s under the same name")
@@ -262,9 +266,11 @@ def markdown_tables(folders: list[Path]) -> str:
         lines += ["", f"| against {base.name}, image by image: change in share, points [95% CI] (McNemar p) "
                       "| valid | one disc | disc confirmed | fovea | vessel tree |",
                   "|---|---:|---:|---:|---:|---:|"]
+        base_checks = None
         for folder, s in runs[1:]:
             try:
-                paired = paired_anatomy(base, folder)
+                base_checks = base_checks or _records_checks(base)   # read once for every run set against it
+                paired = _paired(base_checks, _records_checks(folder), base, folder)
             except FundusgenError as e:
                 lines.append(f"| {folder.name} | not paired: {e} | | | | |")
                 continue

@@ -159,15 +159,29 @@ def soup_weights(n: int, weights: list[float] | None) -> list[float]:
     return weights
 
 
-def merge_weights(pipe: FundusGen, others: list[FundusGen], weights: list[float], where: list) -> None:
+def _merge_parts(folder: Path) -> tuple[FundusAutoencoder, DiT]:
+    """The autoencoder and denoiser of a model or run folder to merge: a model folder's alone, since
+    its whole pipeline would load a text encoder the merge does not use."""
+    if (folder / "recipe.json").is_file():
+        pipe = model_from_run(folder)
+        return pipe.autoencoder, pipe.denoiser
+    try:
+        autoencoder = FundusAutoencoder.from_pretrained(str(folder / "autoencoder"))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise FundusgenError(f"{folder}: no loadable autoencoder/ ({str(e).splitlines()[0][:200]})") from None
+    return autoencoder, _denoiser_folder(folder)
+
+
+def merge_weights(pipe: FundusGen, others: list[tuple[FundusAutoencoder, DiT]], weights: list[float],
+                  where: list) -> None:
     """Weight-space averaging of fine-tunes of one model, in place on ``pipe``'s denoiser:
     theta = (1 - sum_i w_i) theta_pipe + sum_i w_i theta_i; one other model is WiSE-FT's
     interpolation (Wortsman et al. 2022), several a model soup (Wortsman et al. 2022). All must
     share the autoencoder, since their denoisers must have learned the same latents."""
     ours, a = pipe.autoencoder.state_dict(), pipe.denoiser.state_dict()
     merged = {k: (1.0 - sum(weights)) * v.float() for k, v in a.items() if v.is_floating_point()}
-    for other, w, name in zip(others, weights, where):
-        theirs, b = other.autoencoder.state_dict(), other.denoiser.state_dict()
+    for (autoencoder, denoiser), w, name in zip(others, weights, where):
+        theirs, b = autoencoder.state_dict(), denoiser.state_dict()
         if ours.keys() != theirs.keys() or any(not torch.equal(ours[k].float(), theirs[k].float()) for k in ours):
             raise FundusgenError(f"{name}: its autoencoder differs from the model's; only fine-tunes of one model "
                                  "(same autoencoder, so the same latents) can be merged")
@@ -199,7 +213,7 @@ def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = Non
         raise FundusgenError(f"--stage {stage}: {src} is not a training run folder (no recipe.json)")
     pipe = model_from_run(src, stage) if stage is not None else load(Path(src))
     if merge:
-        merge_weights(pipe, [load(Path(m)) for m in merge], weights, merge)
+        merge_weights(pipe, [_merge_parts(Path(m)) for m in merge], weights, merge)
         pipe.config["merged"] = [{"with": str(m), "weight": w} for m, w in zip(merge, weights)]
     if guide is not None:
         # a model folder's denoiser alone: loading its whole pipeline would load a second text encoder
