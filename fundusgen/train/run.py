@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.dit import DiT
-from fundusgen.model.pipeline import FundusGen, check_guide
+from fundusgen.model.pipeline import MODEL_INDEX, FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
 from fundusgen.train.autoencoder import train_autoencoder
 from fundusgen.train.cache import (build_anatomy_maps, build_cache, build_network_maps, dr_labelled,
@@ -165,6 +165,8 @@ def _merge_parts(folder: Path) -> tuple[FundusAutoencoder, DiT]:
     if (folder / "recipe.json").is_file():
         pipe = model_from_run(folder)
         return pipe.autoencoder, pipe.denoiser
+    if not (folder / MODEL_INDEX).is_file():
+        raise FundusgenError(f"{folder}: not a fundusgen model folder (no {MODEL_INDEX}) nor a training run folder")
     try:
         autoencoder = FundusAutoencoder.from_pretrained(str(folder / "autoencoder"))
     except (OSError, ValueError, RuntimeError) as e:
