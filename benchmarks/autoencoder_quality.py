@@ -1,7 +1,10 @@
 """Autoencoder reconstruction quality on held-out real images: PSNR, SSIM, vessel fidelity.
 
-    python benchmarks/autoencoder_quality.py [--model fundusgen/models/default] [--data data/prepared256]
-                                             [--split test] [--n 100]
+    python benchmarks/autoencoder_quality.py [--model fundusgen/models/default] [--data data/prepared512]
+                                             [--split test] [--n 100] [--resolution 256]
+
+The photographs are resized (area, as the trainer does) to the side the model draws, its
+model_index.json ``resolution``, unless ``--resolution`` says otherwise (0: as prepared).
 """
 import argparse
 import itertools
@@ -9,30 +12,50 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from fundusgen.data.shards import iter_samples
 from fundusgen.eval.reconstruction import evaluate_autoencoder
 from fundusgen.model.autoencoder import FundusAutoencoder
-from fundusgen.model.pipeline import DEFAULT_MODEL
+from fundusgen.model.pipeline import DEFAULT_MODEL, MODEL_INDEX
+from fundusgen.train.data import resize, to_model_range
+
+
+def at_side(rgb: np.ndarray, fov: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """A prepared photograph and its field-of-view mask at ``side`` px (area for the image, nearest for the mask)."""
+    if not side or rgb.shape[0] == side:
+        return rgb, fov
+    x = resize(to_model_range(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]), side)
+    small = ((x[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return small, np.asarray(Image.fromarray(fov.astype(np.uint8) * 255).resize((side, side), Image.NEAREST)) > 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder holding autoencoder/")
-    ap.add_argument("--data", default=os.environ.get("FUNDUSGEN_PREPARED", "data/prepared256"),
-                    help="a prepared folder (fundusgen prepare) at the model's resolution")
+    ap.add_argument("--data", default=os.environ.get("FUNDUSGEN_PREPARED", "data/prepared512"),
+                    help="a prepared folder (fundusgen prepare)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=100, help="first n images of the split")
+    ap.add_argument("--resolution", type=int, default=None,
+                    help="resize the photographs to this side first (default: the model's resolution; 0: as prepared)")
     args = ap.parse_args()
     if not os.path.isdir(args.data):
         print(f"{args.data}: no prepared folder (run `fundusgen prepare ... --size 256 --out {args.data}`)", file=sys.stderr)
         return 2
     ae = FundusAutoencoder.from_pretrained(os.path.join(args.model, "autoencoder")).float().eval()
-    samples = ((s["image"], s["fov"]) for s in itertools.islice(iter_samples(args.data, args.split), args.n))
+    side = args.resolution
+    if side is None:
+        index = os.path.join(args.model, MODEL_INDEX)
+        side = json.loads(Path(index).read_text()).get("resolution", 0) if os.path.isfile(index) else 0
+    samples = (at_side(s["image"], s["fov"], side)
+               for s in itertools.islice(iter_samples(args.data, args.split), args.n))
     report = evaluate_autoencoder(ae, samples, total=args.n)
-    print(json.dumps({"model": args.model, "split": args.split, **report,
+    print(json.dumps({"model": args.model, "split": args.split, "resolution": side or "as prepared", **report,
                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"},
                      indent=2))
     return 0

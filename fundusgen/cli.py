@@ -141,7 +141,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from fundusgen.train.run import export_fp16
     config = export_fp16(args.src, args.dst, guide=args.guide, stage=args.stage, merge=args.merge,
-                         weights=args.weight)
+                         weights=args.weight, autoencoder=args.autoencoder)
     ckpt = config.get("checkpoint")
     taken = (f"; denoiser: EMA of the checkpoint at stage {ckpt['stage']!r} step {ckpt['step']} of {ckpt['of']}"
              if ckpt else "")
@@ -150,7 +150,8 @@ def cmd_export(args) -> int:
         own = 1 - sum(m["weight"] for m in config["merged"])
         merged = f"; denoiser: {own:.3g} of its own weights" + "".join(f" + {m['weight']:.3g} of {m['with']}'s"
                                                                       for m in config["merged"])
-    print(f"wrote {args.dst} (float16 weights{taken}{merged})")
+    swapped = f"; autoencoder: {args.autoencoder}" if args.autoencoder else ""
+    print(f"wrote {args.dst} (float16 weights{taken}{merged}{swapped})")
     return 0
 
 
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "becomes the weighted average of its own and theirs (WiSE-FT; several: a model soup)")
     p.add_argument("--weight", type=float, metavar="W", action="append",
                    help="with --merge: that model's share, one per --merge in order (default: all models equal)")
+    p.add_argument("--autoencoder", metavar="FOLDER", help="an autoencoder folder whose decoder was refined on this "
+                   "model's encoder (configs/default_decoder.yaml): it replaces the model's autoencoder")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sources", help="list the dataset adapters")

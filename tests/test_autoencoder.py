@@ -1,7 +1,7 @@
 import torch
 
-from fundusgen.model.autoencoder import (AutoencoderLoss, AutoencoderLossWeights, FundusAutoencoder, green_edges,
-                                         ssim)
+from fundusgen.model.autoencoder import (AutoencoderLoss, AutoencoderLossWeights, FundusAutoencoder,
+                                         PatchDiscriminator, adaptive_weight, green_edges, ssim)
 
 
 def test_autoencoder_downsamples_by_eight_and_decodes_back_to_the_input_size():
@@ -49,3 +49,28 @@ def test_edge_term_can_be_switched_off_for_the_ablation():
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     _, terms = AutoencoderLoss(AutoencoderLossWeights(edge=0))(x, x, ae.encode(x))
     assert "edge" not in terms
+
+
+def test_adaptive_adversarial_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():
+    """VQGAN's lambda = |grad L_rec| / (|grad L_GAN| + delta) at the decoder's last layer: the loss
+    then holds exactly rec + adversarial * lambda * gan, and lambda carries no gradient."""
+    torch.manual_seed(0)
+    ae = FundusAutoencoder(block_out_channels=(8, 16), norm_num_groups=4)
+    disc = PatchDiscriminator(channels=8, layers=2)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon, post = ae(x, sample=False)
+    last = ae.vae.decoder.conv_out.weight
+    w = AutoencoderLossWeights(adversarial=0.5, adversarial_adaptive=True)
+    loss, terms = AutoencoderLoss(w)(x, recon, post, disc, last_layer=last)
+    plain, _ = AutoencoderLoss(AutoencoderLossWeights())(x, recon, post)
+    g_rec = torch.autograd.grad(plain, last, retain_graph=True)[0].norm()
+    g_gan = torch.autograd.grad(-disc(recon).mean(), last, retain_graph=True)[0].norm()
+    assert abs(terms["adversarial_lambda"] - float(g_rec / (g_gan + 1e-4))) < 1e-4 * terms["adversarial_lambda"]
+    expected = plain.item() + 0.5 * terms["adversarial_lambda"] * terms["adversarial"]
+    assert abs(loss.item() - expected) < 1e-5
+    assert not adaptive_weight(plain, -disc(recon).mean(), last).requires_grad
+    # a tiny adversarial gradient is clamped, not divided into infinity
+    assert float(adaptive_weight(plain, 0 * recon.sum(), last)) <= 1e4
+    # without the flag (or without the layer) the weight is the configured one
+    fixed, terms = AutoencoderLoss(AutoencoderLossWeights(adversarial=0.5))(x, recon, post, disc, last_layer=last)
+    assert "adversarial_lambda" not in terms and abs(fixed.item() - (plain.item() + 0.5 * terms["adversarial"])) < 1e-5

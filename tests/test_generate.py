@@ -248,6 +248,50 @@ def test_export_merges_fine_tunes_of_one_model_by_weight_averaging(model_dir, li
     assert "of its own weights" not in capsys.readouterr().out
 
 
+def test_export_swaps_in_a_decoder_refined_on_the_models_encoder(model_dir, tmp_path, capsys):
+    """``export --autoencoder``: a decoder refined on the model's own encoder replaces the model's (the
+    same latents, other pixels); an autoencoder with another encoder or latent scale is refused."""
+    import torch
+    refined = FundusGen.from_pretrained(model_dir).autoencoder
+    with torch.no_grad():
+        for name, p in refined.named_parameters():
+            if name.startswith("vae.decoder."):
+                p.add_(0.05 * torch.randn_like(p))
+    refined.save_pretrained(str(tmp_path / "refined"))
+    assert main(["export", str(model_dir), str(tmp_path / "swapped"), "--autoencoder", str(tmp_path / "refined")]) == 0
+    assert f"autoencoder: {tmp_path / 'refined'}" in capsys.readouterr().out
+    swapped = FundusGen.from_pretrained(tmp_path / "swapped")
+    assert swapped.config["autoencoder_from"] == str(tmp_path / "refined")
+    for (name, p), q in zip(swapped.autoencoder.named_parameters(), refined.parameters()):
+        assert torch.allclose(p.float(), q.half().float()), name
+    assert main(["export", str(model_dir), str(tmp_path / "plain")]) == 0  # float16 too: the same encoder to the bit
+    plain = FundusGen.from_pretrained(tmp_path / "plain")
+    for p, q in zip(swapped.denoiser.parameters(), plain.denoiser.parameters()):
+        assert torch.equal(p, q)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = plain.autoencoder.encode(x).mean
+        assert torch.equal(swapped.autoencoder.encode(x).mean, z)
+        assert not torch.allclose(swapped.autoencoder.decode(z), plain.autoencoder.decode(z), atol=1e-3)
+    draw = lambda path: np.asarray(FundusGen.from_pretrained(path)("left eye", seed=1).images[0])
+    assert not np.array_equal(draw(tmp_path / "swapped"), draw(tmp_path / "plain"))
+    # another encoder, another latent scale, another architecture, no autoencoder at all: one line each
+    with torch.no_grad():
+        next(p for n, p in refined.named_parameters() if n.startswith("vae.encoder.")).add_(0.1)
+    refined.save_pretrained(str(tmp_path / "other_encoder"))
+    rescaled = FundusGen.from_pretrained(model_dir).autoencoder
+    rescaled.register_to_config(scaling_factor=2 * rescaled.config.scaling_factor)
+    rescaled.save_pretrained(str(tmp_path / "rescaled"))
+    from fundusgen.model.autoencoder import FundusAutoencoder
+    FundusAutoencoder(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=8).save_pretrained(str(tmp_path / "small"))
+    for folder, why in (("other_encoder", "its encoder or latent scaling differs"),
+                        ("rescaled", "its encoder or latent scaling differs"),
+                        ("small", "its architecture differs"), ("nowhere", "not an autoencoder folder")):
+        assert main(["export", str(model_dir), str(tmp_path / "x"), "--autoencoder", str(tmp_path / folder)]) == 2
+        assert f"--autoencoder {tmp_path / folder}: {why}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_attributes_become_a_caption(model_dir, tmp_path):
     out = tmp_path / "attrs"
     assert main(["generate", "--eye", "left", "--dr-grade", "2", "-n", "1", "-o", str(out), "--model",

@@ -516,6 +516,42 @@ def test_decoder_phase_keeps_the_encoder_and_resumes_exactly(prepared, tmp_path)
     assert all(torch.equal(refined[k], resumed[k]) for k in refined), "resuming inside the decoder phase changed the weights"
 
 
+def test_decoder_phase_trains_with_the_discriminator_at_the_model_resolution_and_resumes_exactly(prepared, tmp_path):
+    """``resolution`` resizes the 64 px training images to 32 px (whole images with ``crop`` 32), the
+    patch discriminator joins the decoder phase at its adaptive weight, the encoder stays as it was,
+    and a run killed inside that phase ends with the same weights (the discriminator is checkpointed)."""
+    from fundusgen.train.autoencoder import resize_uint8, train_autoencoder
+    plain = _autoencoder(prepared, tmp_path, "plain", 4, 0)
+    source = tmp_path / "plain" / "autoencoder" / "final"
+    loss = {"adversarial": 0.5, "adversarial_adaptive": True}
+    tiny = {**TINY, "checkpoint_every": 2, "autoencoder": {**TINY["autoencoder"], "steps": 0, "decoder_steps": 4,
+                                                          "init": str(source), "resolution": 32, "crop": 32,
+                                                          "loss": loss}}
+
+    def run(name, **ae):
+        cfg = {**tiny, "autoencoder": {**tiny["autoencoder"], **ae}, "data": str(prepared), "out": str(tmp_path / name)}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return train_autoencoder(load_recipe(tmp_path / f"{name}.yaml"), progress=False)
+
+    final = run("gan")
+    refined = load_file(str(next(final.glob("*.safetensors"))))
+    assert all(torch.equal(plain[k], refined[k]) for k in plain if k.startswith(("vae.encoder.", "vae.quant_conv.")))
+    assert not all(torch.equal(plain[k], refined[k]) for k in plain if k.startswith("vae.decoder."))
+    state = torch.load(tmp_path / "gan" / "autoencoder" / "checkpoint.pt", weights_only=True)
+    assert "disc" in state and "optimizer_d" in state
+    run("killed", decoder_steps=2)
+    shutil.rmtree(tmp_path / "killed" / "autoencoder" / "final")
+    resumed = load_file(str(next(run("killed").glob("*.safetensors"))))
+    assert all(torch.equal(refined[k], resumed[k]) for k in refined), "resuming with the discriminator changed the weights"
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    small = resize_uint8(images, 32)
+    assert small.dtype == torch.uint8 and small.shape == (3, 3, 32, 32)
+    assert torch.allclose(small.float(), torch.nn.functional.avg_pool2d(images.float(), 2), atol=0.5 + 1e-4)
+    with pytest.raises(FundusgenError, match=r"autoencoder.crop 48 is larger than the training images \(32 px after "
+                                             r"autoencoder.resolution\)"):
+        run("too_big", crop=48)
+
+
 def test_decoder_of_an_existing_autoencoder_is_refined_from_the_command_line(prepared, tmp_path, capsys):
     """``autoencoder.init`` + ``steps: 0`` + ``decoder_steps``: the encoder, and so the latents and
     their scaling, stay those of the init; only the decoder moves."""

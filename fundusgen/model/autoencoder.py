@@ -118,24 +118,44 @@ class AutoencoderLossWeights:
     edge: float = 1.0           # 0 switches the edge term off (ablation)
     kl: float = 1e-6
     adversarial: float = 0.0    # >0 enables the patch discriminator
+    adversarial_adaptive: bool = False  # scale it by the gradient-norm ratio at the decoder's last layer (VQGAN)
 
 
 class AutoencoderLoss:
-    """L = l1*|x-x'| + ssim*(1-SSIM) + edge*|S(x)-S(x')| + kl*KL [+ adv * -D(x')] on images in [-1, 1]."""
+    """L = l1*|x-x'| + ssim*(1-SSIM) + edge*|S(x)-S(x')| + kl*KL [+ adv * lambda * -D(x')] on images in [-1, 1].
+
+    lambda is 1, or with ``adversarial_adaptive`` the adaptive weight of Esser et al. 2021 (VQGAN, eq. 7):
+    lambda = |grad_G L_rec| / (|grad_G L_GAN| + delta) at the decoder's last layer G, so the
+    discriminator's pull stays in proportion to the reconstruction's whatever their scales.
+    """
 
     def __init__(self, weights: AutoencoderLossWeights):
         self.w = weights
 
-    def __call__(self, x, recon, posterior, disc: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+    def __call__(self, x, recon, posterior, disc: nn.Module | None = None,
+                 last_layer: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         x01, r01 = (x + 1) / 2, (recon + 1) / 2
         terms = {"l1": (recon - x).abs().mean(), "ssim": 1 - ssim(r01, x01)}
         if self.w.edge:
             terms["edge"] = (green_edges(r01) - green_edges(x01)).abs().mean()
         terms["kl"] = posterior.kl().mean() / x[0].numel()
-        if self.w.adversarial and disc is not None:
-            terms["adversarial"] = -disc(recon).mean()
         loss = sum(getattr(self.w, k) * v for k, v in terms.items())
+        if self.w.adversarial and disc is not None:
+            terms["adversarial"] = gan = -disc(recon).mean()
+            weight = self.w.adversarial
+            if self.w.adversarial_adaptive and last_layer is not None and torch.is_grad_enabled():
+                lam = adaptive_weight(loss, gan, last_layer)
+                terms["adversarial_lambda"] = lam
+                weight = weight * lam
+            loss = loss + weight * gan
         return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def adaptive_weight(rec: torch.Tensor, gan: torch.Tensor, last_layer: torch.Tensor, delta: float = 1e-4) -> torch.Tensor:
+    """VQGAN's lambda = |grad rec| / (|grad gan| + delta) at ``last_layer``, clamped to [0, 1e4], no gradient."""
+    g_rec = torch.autograd.grad(rec, last_layer, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(gan, last_layer, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + delta)).clamp(0.0, 1e4).detach()
 
 
 def discriminator_hinge_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@
 Two phases: the whole autoencoder for ``steps``, then (``decoder_steps`` > 0) the decoder alone
 with the encoder frozen, as Stable Diffusion's ft-EMA/ft-MSE decoders were refined: sharper
 reconstructions from the same latents, so cached latents and a denoiser trained on them stay valid.
+The patch discriminator (``loss.adversarial`` > 0) joins at ``adversarial_start`` in either phase:
+L1, SSIM and the edge term alone pull a decoder towards the blurred mean of what a latent could be.
 
 Always fp32 (TF32 matrix units on a GPU): a bf16-autocast run of this trainer on an H100 (recipe
 configs/default.yaml, 4,600 steps) ended with green and blue reconstructed far off (L1 1.38 on
@@ -20,11 +22,12 @@ from accelerate import DistributedDataParallelKwargs
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import (AutoencoderLoss, FundusAutoencoder, PatchDiscriminator,
                                          discriminator_hinge_loss)
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, step_generator
 from fundusgen.train.config import RecipeConfig
-from fundusgen.train.data import load_images, to_model_range
+from fundusgen.train.data import load_images, resize, to_model_range
 from fundusgen.train.distributed import new_accelerator
 
 
@@ -39,6 +42,12 @@ def _batch(images: torch.Tensor, size: int, crop: int, g: torch.Generator) -> to
             img = img.flip(-1)
         out.append(img)
     return to_model_range(torch.stack(out))
+
+
+def resize_uint8(images: torch.Tensor, size: int, batch: int = 256) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> side ``size`` with the trainer's ``resize`` (area when shrinking), uint8."""
+    return torch.cat([((resize(to_model_range(images[i:i + batch]), size) + 1) * 127.5).round().clamp(0, 255).byte()
+                      for i in range(0, len(images), batch)])
 
 
 def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
@@ -56,6 +65,11 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     images, _ = load_images(cfg.data, "train", progress, cfg.exclude_datasets)
+    if tc.resolution:
+        images = resize_uint8(images, tc.resolution)
+    if tc.crop > images.shape[-1]:
+        raise FundusgenError(f"autoencoder.crop {tc.crop} is larger than the training images "
+                             f"({images.shape[-1]} px{' after autoencoder.resolution' if tc.resolution else ''})")
     torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
     model = FundusAutoencoder(**asdict(tc.model))
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=0.0)
@@ -87,15 +101,15 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     for step in bar:
         if step == tc.steps:  # the decoder phase begins
             opt = acc.prepare(_decoder_phase(acc.unwrap_model(model), tc))
-        decoder_only = step >= tc.steps
         g = step_generator(cfg.seed, step, acc.process_index)
         x = _batch(images, tc.batch_size, tc.crop, g).to(acc.device)
         with acc.autocast():
             # through the DDP wrapper, which averages gradients across processes only for its own
             # forward; in the decoder phase the frozen encoder records no graph
             recon, posterior = model(x, generator=g)
-            gan_on = use_gan and step >= tc.adversarial_start and not decoder_only
-            loss, terms = loss_fn(x, recon, posterior, disc if gan_on else None)
+            gan_on = use_gan and step >= tc.adversarial_start
+            loss, terms = loss_fn(x, recon, posterior, disc if gan_on else None,
+                                  last_layer=acc.unwrap_model(model).vae.decoder.conv_out.weight)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -139,7 +153,6 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
 
 def _load_init(tc, model: FundusAutoencoder) -> FundusAutoencoder:
     """Copy the weights of the autoencoder folder ``tc.init`` into ``model`` (same architecture)."""
-    from fundusgen.errors import FundusgenError
     try:
         init = FundusAutoencoder.from_pretrained(tc.init)
     except (OSError, ValueError) as e:

@@ -37,8 +37,10 @@ class AutoencoderTrainConfig:
     steps: int = 2000
     batch_size: int = 8         # per process, as the stages' batch_size
     crop: int = 128            # trained on random crops (fully convolutional), used at any size
+    resolution: int = 0        # > 0: images resized to this side first (the model's resolution, from a
+                               # folder prepared larger); 0: as prepared
     lr: float = 2e-4
-    adversarial_start: int = 0  # step at which the discriminator joins, when loss.adversarial > 0
+    adversarial_start: int = 0  # step at which the discriminator joins, when loss.adversarial > 0 (either phase)
     decoder_steps: int = 0      # then refine the decoder alone, encoder frozen: the latent space stays as it is
     decoder_lr: float = 2e-4
     init: str | None = None     # start from this trained autoencoder folder (e.g. a model's autoencoder/);

@@ -174,6 +174,29 @@ def _merge_parts(folder: Path) -> tuple[FundusAutoencoder, DiT]:
     return autoencoder, _denoiser_folder(folder)
 
 
+ENCODER_SIDE = ("vae.encoder.", "vae.quant_conv.")  # what makes the latents: a refined decoder keeps it
+
+
+def swap_decoder(pipe: FundusGen, folder: Path) -> None:
+    """Give ``pipe`` the autoencoder in ``folder``, whose encoder side must be ``pipe``'s own (to
+    float16 rounding) and its latent scaling the same: the denoiser learned those latents, so only a
+    decoder refined on them may replace the one it has."""
+    try:
+        new = FundusAutoencoder.from_pretrained(str(folder))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise FundusgenError(f"--autoencoder {folder}: not an autoencoder folder ({str(e).splitlines()[0][:200]})") from None
+    ours, theirs = pipe.autoencoder.state_dict(), new.state_dict()
+    differ = ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours)
+    encoder = [k for k in ours if k.startswith(ENCODER_SIDE)]
+    if differ or any(not torch.equal(ours[k].half(), theirs[k].half()) for k in encoder) or \
+            (new.config.scaling_factor, new.config.shift_factor) != \
+            (pipe.autoencoder.config.scaling_factor, pipe.autoencoder.config.shift_factor):
+        what = "its architecture" if differ else "its encoder or latent scaling"
+        raise FundusgenError(f"--autoencoder {folder}: {what} differs from the model's, so its latents are not the "
+                             "ones the denoiser learned (refine the decoder alone: autoencoder.init with steps: 0)")
+    pipe.autoencoder = new.to(pipe.autoencoder.device).eval()
+
+
 def merge_weights(pipe: FundusGen, others: list[tuple[FundusAutoencoder, DiT]], weights: list[float],
                   where: list) -> None:
     """Weight-space averaging of fine-tunes of one model, in place on ``pipe``'s denoiser:
@@ -196,7 +219,8 @@ def merge_weights(pipe: FundusGen, others: list[tuple[FundusAutoencoder, DiT]], 
 
 
 def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = None, stage: str | None = None,
-                merge: list[str | Path] = (), weights: list[float] | None = None) -> dict:
+                merge: list[str | Path] = (), weights: list[float] | None = None,
+                autoencoder: str | Path | None = None) -> dict:
     """Copy a model folder, or what a training run folder holds now (``model_from_run``; with
     ``stage``, as that stage left it), with its weights in float16 (half the size; loads back as
     float32). Returns the written model's config (with ``checkpoint``, the stage and step, when it
@@ -206,7 +230,10 @@ def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = Non
     autoguidance (``generate --autoguidance W``), typically an earlier export of the same run.
 
     ``merge``: model or run folders, fine-tunes of the same model, whose denoiser weights are averaged
-    with the copy's (``merge_weights``; ``weights``: their shares, by default a uniform soup)."""
+    with the copy's (``merge_weights``; ``weights``: their shares, by default a uniform soup).
+
+    ``autoencoder``: an autoencoder folder with the copy's encoder and a refined decoder (``fundusgen
+    train --only autoencoder`` with ``steps: 0``) that replaces the copy's (``swap_decoder``)."""
     load = lambda p: model_from_run(p) if (Path(p) / "recipe.json").is_file() else FundusGen.from_pretrained(p)
     if weights and not merge:
         raise FundusgenError("--weight is the share of a --merge model: give --merge FOLDER too")
@@ -217,6 +244,9 @@ def export_fp16(src: str | Path, dst: str | Path, guide: str | Path | None = Non
     if merge:
         merge_weights(pipe, [_merge_parts(Path(m)) for m in merge], weights, merge)
         pipe.config["merged"] = [{"with": str(m), "weight": w} for m, w in zip(merge, weights)]
+    if autoencoder is not None:
+        swap_decoder(pipe, Path(autoencoder))
+        pipe.config["autoencoder_from"] = str(autoencoder)
     if guide is not None:
         # a model folder's denoiser alone: loading its whole pipeline would load a second text encoder
         pipe.guide = (load(Path(guide)).denoiser if (Path(guide) / "recipe.json").is_file()
