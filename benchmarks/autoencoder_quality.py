@@ -22,15 +22,14 @@ from fundusgen.data.shards import iter_samples
 from fundusgen.eval.reconstruction import evaluate_autoencoder
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.pipeline import DEFAULT_MODEL, MODEL_INDEX
-from fundusgen.train.data import resize, to_model_range
+from fundusgen.train.autoencoder import resize_uint8
 
 
 def at_side(rgb: np.ndarray, fov: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     """A prepared photograph and its field-of-view mask at ``side`` px (area for the image, nearest for the mask)."""
     if not side or rgb.shape[0] == side:
         return rgb, fov
-    x = resize(to_model_range(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]), side)
-    small = ((x[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    small = resize_uint8(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None], side)[0].permute(1, 2, 0).numpy()
     return small, np.asarray(Image.fromarray(fov.astype(np.uint8) * 255).resize((side, side), Image.NEAREST)) > 0
 
 

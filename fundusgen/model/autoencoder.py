@@ -95,6 +95,9 @@ def green_edges(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(gx ** 2 + gy ** 2 + 1e-6)
 
 
+ENCODER_SIDE = ("vae.encoder.", "vae.quant_conv.")  # what makes the latents: a refined decoder keeps it
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN discriminator (Isola et al. 2017): a real/fake logit per overlapping patch."""
 

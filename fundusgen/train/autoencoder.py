@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from fundusgen.errors import FundusgenError
-from fundusgen.model.autoencoder import (AutoencoderLoss, FundusAutoencoder, PatchDiscriminator,
+from fundusgen.model.autoencoder import (ENCODER_SIDE, AutoencoderLoss, FundusAutoencoder, PatchDiscriminator,
                                          discriminator_hinge_loss)
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, step_generator
 from fundusgen.train.config import RecipeConfig
@@ -171,7 +171,7 @@ def _decoder_phase(model: FundusAutoencoder, tc) -> torch.optim.Optimizer:
     """Freeze the encoder side (encoder + quant_conv) and return the decoder's optimizer."""
     decoder = []
     for name, p in model.named_parameters():
-        frozen = name.startswith(("vae.encoder.", "vae.quant_conv."))
+        frozen = name.startswith(ENCODER_SIDE)
         p.requires_grad_(not frozen)
         if not frozen:
             decoder.append(p)

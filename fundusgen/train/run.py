@@ -174,9 +174,6 @@ def _merge_parts(folder: Path) -> tuple[FundusAutoencoder, DiT]:
     return autoencoder, _denoiser_folder(folder)
 
 
-ENCODER_SIDE = ("vae.encoder.", "vae.quant_conv.")  # what makes the latents: a refined decoder keeps it
-
-
 def swap_decoder(pipe: FundusGen, folder: Path) -> None:
     """Give ``pipe`` the autoencoder in ``folder``, whose encoder side must be ``pipe``'s own (to
     float16 rounding) and its latent scaling the same: the denoiser learned those latents, so only a
@@ -185,6 +182,7 @@ def swap_decoder(pipe: FundusGen, folder: Path) -> None:
         new = FundusAutoencoder.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError) as e:
         raise FundusgenError(f"--autoencoder {folder}: not an autoencoder folder ({str(e).splitlines()[0][:200]})") from None
+    from fundusgen.model.autoencoder import ENCODER_SIDE
     ours, theirs = pipe.autoencoder.state_dict(), new.state_dict()
     differ = ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours)
     encoder = [k for k in ours if k.startswith(ENCODER_SIDE)]
