@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from fundusgen.errors import FundusgenError
-from fundusgen.model.autoencoder import FundusAutoencoder
+from fundusgen.model.autoencoder import ENCODER_SIDE, FundusAutoencoder
 from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import MODEL_INDEX, FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
@@ -182,7 +182,6 @@ def swap_decoder(pipe: FundusGen, folder: Path) -> None:
         new = FundusAutoencoder.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError) as e:
         raise FundusgenError(f"--autoencoder {folder}: not an autoencoder folder ({str(e).splitlines()[0][:200]})") from None
-    from fundusgen.model.autoencoder import ENCODER_SIDE
     ours, theirs = pipe.autoencoder.state_dict(), new.state_dict()
     differ = ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours)
     encoder = [k for k in ours if k.startswith(ENCODER_SIDE)]
