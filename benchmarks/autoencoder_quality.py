@@ -2,9 +2,13 @@
 
     python benchmarks/autoencoder_quality.py [--model fundusgen/models/default] [--data data/prepared512]
                                              [--split test] [--n 100] [--resolution 256]
+                                             [--realism 300 --realism-split val]
 
 The photographs are resized (area, as the trainer does) to the side the model draws, its
 model_index.json ``resolution``, unless ``--resolution`` says otherwise (0: as prepared).
+``--realism N`` adds the realism floor the autoencoder sets: N photographs of ``--realism-split`` and
+their reconstructions, FID / KID / precision / recall against ``--split`` (its Inception features
+cached as ``fundusgen evaluate`` caches them): a model drawing through this decoder scores no better.
 """
 import argparse
 import itertools
@@ -19,7 +23,8 @@ import torch
 from PIL import Image
 
 from fundusgen.data.shards import iter_samples
-from fundusgen.eval.reconstruction import evaluate_autoencoder
+from fundusgen.eval.features import folder_features
+from fundusgen.eval.reconstruction import evaluate_autoencoder, reconstruction_realism
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.pipeline import DEFAULT_MODEL, MODEL_INDEX
 from fundusgen.train.autoencoder import resize_uint8
@@ -36,25 +41,36 @@ def at_side(rgb: np.ndarray, fov: np.ndarray, side: int) -> tuple[np.ndarray, np
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder holding autoencoder/")
+    ap.add_argument("--autoencoder", default=None,
+                    help="an autoencoder folder to score instead of the model's (a training run's final/ or step_N/)")
     ap.add_argument("--data", default=os.environ.get("FUNDUSGEN_PREPARED", "data/prepared512"),
                     help="a prepared folder (fundusgen prepare)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=100, help="first n images of the split")
     ap.add_argument("--resolution", type=int, default=None,
                     help="resize the photographs to this side first (default: the model's resolution; 0: as prepared)")
+    ap.add_argument("--realism", type=int, default=0, metavar="N",
+                    help="also score N photographs of --realism-split and their reconstructions against --split")
+    ap.add_argument("--realism-split", default="val")
     args = ap.parse_args()
     if not os.path.isdir(args.data):
         print(f"{args.data}: no prepared folder (run `fundusgen prepare ... --size 256 --out {args.data}`)", file=sys.stderr)
         return 2
-    ae = FundusAutoencoder.from_pretrained(os.path.join(args.model, "autoencoder")).float().eval()
+    ae = FundusAutoencoder.from_pretrained(args.autoencoder or os.path.join(args.model, "autoencoder")).float().eval()
     side = args.resolution
     if side is None:
         index = os.path.join(args.model, MODEL_INDEX)
         side = json.loads(Path(index).read_text()).get("resolution", 0) if os.path.isfile(index) else 0
     samples = (at_side(s["image"], s["fov"], side)
                for s in itertools.islice(iter_samples(args.data, args.split), args.n))
-    report = evaluate_autoencoder(ae, samples, total=args.n)
-    print(json.dumps({"model": args.model, "split": args.split, "resolution": side or "as prepared", **report,
+    report = evaluate_autoencoder(ae, samples, total=args.n) if args.n else {}
+    if args.realism:
+        photographs = [at_side(s["image"], s["fov"], side)[0]
+                       for s in itertools.islice(iter_samples(args.data, args.realism_split), args.realism)]
+        real = folder_features(args.data, split=args.split).features
+        report["realism"] = {"against": f"{args.split} ({len(real)} photographs, as prepared)",
+                             **reconstruction_realism(ae, photographs, real)}
+    print(json.dumps({"model": args.model, "autoencoder": args.autoencoder or "the model's", "split": args.split, "resolution": side or "as prepared", **report,
                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"},
                      indent=2))
     return 0

@@ -552,6 +552,47 @@ def test_decoder_phase_trains_with_the_discriminator_at_the_model_resolution_and
         run("too_big", crop=48)
 
 
+def test_decoder_phase_saves_the_moving_average_and_snapshots_and_resumes_exactly(prepared, tmp_path):
+    """``ema_decay``: the saved folders hold the moving average of the weights, not the last ones;
+    ``snapshot_every``: every N steps a model folder of its own; a run stopped after its first
+    snapshot ends with the same weights and snapshots."""
+    from fundusgen.model.autoencoder import FundusAutoencoder
+    from fundusgen.train.autoencoder import train_autoencoder
+    _autoencoder(prepared, tmp_path, "plain", 4, 0)
+    source = tmp_path / "plain" / "autoencoder" / "final"
+    tiny = {**TINY, "checkpoint_every": 2, "autoencoder": {
+        **TINY["autoencoder"], "steps": 0, "decoder_steps": 4, "init": str(source), "ema_decay": 0.9,
+        "snapshot_every": 2, "loss": {"adversarial": 0.5, "adversarial_adaptive": True}}}
+
+    def run(name, **ae):
+        cfg = {**tiny, "autoencoder": {**tiny["autoencoder"], **ae}, "data": str(prepared), "out": str(tmp_path / name)}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return train_autoencoder(load_recipe(tmp_path / f"{name}.yaml"), progress=False)
+
+    final = run("ema")
+    out = final.parent
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_2", "step_4"] and not list(out.glob("*.tmp"))
+    weights = load_file(str(next(final.glob("*.safetensors"))))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert "ema" in state and state["step"] == 4
+    decoder = [k for k in weights if k.startswith("vae.decoder.")]
+    assert not all(torch.equal(weights[k], state["model"][k]) for k in decoder), "final/ holds the last weights, not their average"
+    names = [n for n, _ in FundusAutoencoder.from_pretrained(str(final)).named_parameters()]
+    shadow = dict(zip(names, state["ema"]["shadow_params"]))
+    assert all(torch.allclose(weights[k], shadow[k]) for k in decoder)
+    assert FundusAutoencoder.from_pretrained(str(out / "step_2")).config.scaling_factor == \
+        FundusAutoencoder.from_pretrained(str(source)).config.scaling_factor
+    run("stopped", decoder_steps=2)
+    shutil.rmtree(tmp_path / "stopped" / "autoencoder" / "final")
+    resumed = run("stopped")
+    assert all(torch.equal(weights[k], v) for k, v in load_file(str(next(resumed.glob("*.safetensors")))).items())
+    for name in ("step_2", "step_4"):
+        snap = load_file(str(next((out / name).glob("*.safetensors"))))
+        assert all(torch.equal(snap[k], v) for k, v in
+                   load_file(str(next((resumed.parent / name).glob("*.safetensors")))).items()), name
+    assert all(torch.equal(weights[k], v) for k, v in snap.items()), "step_4 is not the final weights"
+
+
 def test_decoder_of_an_existing_autoencoder_is_refined_from_the_command_line(prepared, tmp_path, capsys):
     """``autoencoder.init`` + ``steps: 0`` + ``decoder_steps``: the encoder, and so the latents and
     their scaling, stay those of the init; only the decoder moves."""

@@ -1,7 +1,9 @@
 """How faithfully an autoencoder reproduces held-out fundus photographs: PSNR, SSIM, and vessel
 fidelity (the vessel mask of the reconstruction scored against the vessel mask of the original,
 F1 inside the field of view), with the measurement step's ``vessel_mask`` (the project's vessel
-network, or the classical top-hat without its weights)."""
+network, or the classical top-hat without its weights); and ``reconstruction_realism``, the realism
+floor an autoencoder sets for every model drawn through it: photographs and their reconstructions
+scored (FID, KID, precision, recall) against the same real set."""
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -45,3 +47,18 @@ def evaluate_autoencoder(ae: FundusAutoencoder, samples: Iterable[tuple[np.ndarr
         v = np.array([r[k] for r in rows])
         out[k] = {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4)}
     return out
+
+
+def reconstruction_realism(ae: FundusAutoencoder, photographs: list[np.ndarray], real_features: np.ndarray,
+                           network=None, progress: bool = True) -> dict:
+    """Realism of ``photographs`` and of their reconstructions against ``real_features`` (Inception pool3
+    of a real set, e.g. a prepared test split). A latent diffusion model draws through the decoder, so
+    the reconstructions' figures bound its images' from below; the photographs' are the real floor.
+    ``network``: the feature network (default: the standard Inception, which ``real_features`` must match)."""
+    from fundusgen.eval.features import features_of_images, load_inception
+    from fundusgen.eval.realism import compare
+    net = network if network is not None else load_inception()
+    ours = features_of_images(photographs, net, total=len(photographs), progress=progress, desc="inception photographs")
+    recon = features_of_images((reconstruct(ae, p) for p in photographs), net, total=len(photographs),
+                               progress=progress, desc="inception reconstructions")
+    return {"photographs": compare(real_features, ours), "reconstructions": compare(real_features, recon)}

@@ -5,6 +5,8 @@ with the encoder frozen, as Stable Diffusion's ft-EMA/ft-MSE decoders were refin
 reconstructions from the same latents, so cached latents and a denoiser trained on them stay valid.
 The patch discriminator (``loss.adversarial`` > 0) joins at ``adversarial_start`` in either phase:
 L1, SSIM and the edge term alone pull a decoder towards the blurred mean of what a latent could be.
+With it the weights oscillate, so ``ema_decay`` saves their moving average instead and
+``snapshot_every`` keeps it every N steps (``step_N/``), to be picked by measurement.
 
 Always fp32 (TF32 matrix units on a GPU): a bf16-autocast run of this trainer on an H100 (recipe
 configs/default.yaml, 4,600 steps) ended with green and blue reconstructed far off (L1 1.38 on
@@ -12,13 +14,16 @@ configs/default.yaml, 4,600 steps) ended with green and blue reconstructed far o
 """
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import DistributedDataParallelKwargs
+from diffusers.training_utils import EMAModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -81,6 +86,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     start = 0
     state = load_checkpoint(ckpt_path)
     init = _load_init(tc, model) if tc.init and state is None else None
+    ema = EMAModel(model.parameters(), decay=tc.ema_decay) if tc.ema_decay > 0 else None
     if state is not None:
         start = int(state["step"])
         model.load_state_dict(state["model"])
@@ -90,6 +96,10 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
         if use_gan:
             disc.load_state_dict(state["disc"])
             opt_d.load_state_dict(state["optimizer_d"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+    if ema is not None:
+        ema.to(acc.device)
     total = tc.steps + tc.decoder_steps
     model, opt = acc.prepare(model, opt)
     if use_gan:
@@ -121,34 +131,55 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
             acc.backward(d_loss)
             opt_d.step()
             terms["disc"] = float(d_loss.detach())
+        if ema is not None:
+            ema.step(acc.unwrap_model(model).parameters())
         if writer and step % cfg.log_every == 0:
             for k, v in terms.items():
                 writer.add_scalar(f"autoencoder/{k}", v, step)
             writer.add_scalar("autoencoder/images_per_s",
                               (step + 1 - start) * tc.batch_size * acc.num_processes / (time.time() - t0), step)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", l1=f"{terms['l1']:.4f}")
+        if tc.snapshot_every and (step + 1) % tc.snapshot_every == 0 and acc.is_main_process:
+            # before the checkpoint: a run resumed from step N has its step_N/
+            _save_folder(acc.unwrap_model(model), ema, tc, init, images, acc.device, out / f"step_{step + 1}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (tc.steps, total):
             acc.wait_for_everyone()
             if acc.is_main_process:
                 extra = {"disc": acc.unwrap_model(disc).state_dict(), "optimizer_d": opt_d.state_dict()} if use_gan else {}
+                if ema is not None:
+                    extra["ema"] = ema.state_dict()
                 save_checkpoint(ckpt_path, model=acc.unwrap_model(model).state_dict(), optimizer=opt.state_dict(),
                                 step=step + 1, **extra)
     model = acc.unwrap_model(model)
     if acc.is_main_process:
-        model.eval()
-        if tc.init and tc.steps == 0:  # the encoder is the init's: so are its latents and their scale
-            start_from = init or FundusAutoencoder.from_pretrained(tc.init)
-            model.register_to_config(scaling_factor=start_from.config.scaling_factor,
-                                     shift_factor=start_from.config.shift_factor)
-        else:
-            std = latent_std(model, images, acc.device)
-            model.register_to_config(scaling_factor=float(1.0 / std))
-        model.save_pretrained(str(final), safe_serialization=True)
+        _save_folder(model, ema, tc, init, images, acc.device, final)
         (out / "train_config.json").write_text(json.dumps(asdict(tc), indent=2))
     if writer:
         writer.close()
     acc.wait_for_everyone()  # the other processes read the folder next
     return final
+
+
+def _save_folder(model: FundusAutoencoder, ema: EMAModel | None, tc, init: FundusAutoencoder | None,
+                 images: torch.Tensor, device, folder: Path) -> None:
+    """The weights (their moving average with ``ema``) as a diffusers model folder with its latent scaling,
+    written beside it and renamed: a stop leaves no half-written folder."""
+    if folder.exists():  # a snapshot written before a stop: the same weights
+        return
+    net = copy.deepcopy(model)  # not a fresh model: its initialisation would draw from the global generator
+    if ema is not None:
+        ema.copy_to(net.parameters())
+    net.to(device).eval()
+    if tc.init and tc.steps == 0:  # the encoder is the init's: so are its latents and their scale
+        start_from = init or FundusAutoencoder.from_pretrained(tc.init)
+        net.register_to_config(scaling_factor=start_from.config.scaling_factor,
+                               shift_factor=start_from.config.shift_factor)
+    else:
+        net.register_to_config(scaling_factor=float(1.0 / latent_std(net, images, device)))
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(str(tmp), safe_serialization=True)
+    tmp.rename(folder)
 
 
 def _load_init(tc, model: FundusAutoencoder) -> FundusAutoencoder:

@@ -45,6 +45,10 @@ class AutoencoderTrainConfig:
     decoder_lr: float = 2e-4
     init: str | None = None     # start from this trained autoencoder folder (e.g. a model's autoencoder/);
                                 # with steps: 0 only its decoder is refined and its latent scaling kept
+    ema_decay: float = 0.0      # > 0: keep an exponential moving average of the weights and save it (as
+                                # GAN generators are): the adversarial term makes the raw weights oscillate
+    snapshot_every: int = 0     # > 0: also keep the (averaged) weights every N steps as step_N/ model folders,
+                                # to pick one by measurement (benchmarks/autoencoder_quality.py --realism)
 
 
 @dataclass
