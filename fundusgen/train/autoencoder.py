@@ -86,7 +86,6 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     start = 0
     state = load_checkpoint(ckpt_path)
     init = _load_init(tc, model) if tc.init and state is None else None
-    ema = EMAModel(model.parameters(), decay=tc.ema_decay) if tc.ema_decay > 0 else None
     if state is not None:
         start = int(state["step"])
         model.load_state_dict(state["model"])
@@ -96,9 +95,12 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
         if use_gan:
             disc.load_state_dict(state["disc"])
             opt_d.load_state_dict(state["optimizer_d"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+    # the average starts from the weights training starts or resumes from (a checkpoint saved before
+    # ema_decay was set has none: it starts there)
+    ema = EMAModel(model.parameters(), decay=tc.ema_decay) if tc.ema_decay > 0 else None
     if ema is not None:
+        if state is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
         ema.to(acc.device)
     total = tc.steps + tc.decoder_steps
     model, opt = acc.prepare(model, opt)
