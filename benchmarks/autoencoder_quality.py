@@ -56,7 +56,15 @@ def main() -> int:
     if not os.path.isdir(args.data):
         print(f"{args.data}: no prepared folder (run `fundusgen prepare ... --size 256 --out {args.data}`)", file=sys.stderr)
         return 2
-    ae = FundusAutoencoder.from_pretrained(args.autoencoder or os.path.join(args.model, "autoencoder")).float().eval()
+    folder = args.autoencoder or os.path.join(args.model, "autoencoder")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        print(f"{folder}: not an autoencoder folder (no config.json)", file=sys.stderr)
+        return 2
+    try:
+        ae = FundusAutoencoder.from_pretrained(folder).float().eval()
+    except (OSError, ValueError) as e:
+        print(f"{folder}: not an autoencoder folder ({str(e).splitlines()[0][:160]})", file=sys.stderr)
+        return 2
     side = args.resolution
     if side is None:
         index = os.path.join(args.model, MODEL_INDEX)
@@ -70,7 +78,8 @@ def main() -> int:
         real = folder_features(args.data, split=args.split).features
         report["realism"] = {"against": f"{args.split} ({len(real)} photographs, as prepared)",
                              **reconstruction_realism(ae, photographs, real)}
-    print(json.dumps({"model": args.model, "autoencoder": args.autoencoder or "the model's", "split": args.split, "resolution": side or "as prepared", **report,
+    print(json.dumps({"model": args.model, "autoencoder": args.autoencoder or "the model's", "split": args.split,
+                      "resolution": side or "as prepared", **report,
                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"},
                      indent=2))
     return 0

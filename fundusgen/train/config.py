@@ -50,6 +50,12 @@ class AutoencoderTrainConfig:
     snapshot_every: int = 0     # > 0: also keep the (averaged) weights every N steps as step_N/ model folders,
                                 # to pick one by measurement (benchmarks/autoencoder_quality.py --realism)
 
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no average), not {self.ema_decay}")
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be 0 (none) or a number of steps, not {self.snapshot_every}")
+
 
 @dataclass
 class DenoiserModelConfig:
