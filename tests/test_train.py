@@ -199,13 +199,13 @@ def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsy
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_an_autoencoder_average_or_snapshot_setting_out_of_range_is_one_clear_error(tmp_path):
+@pytest.mark.parametrize("setting, error", [
+    ("ema_decay: 1.0", r"ema_decay must be in \[0, 1\) \(0: no average\), not 1.0"),
+    ("snapshot_every: -5", r"snapshot_every must be 0 \(none\) or a number of steps, not -5")])
+def test_an_autoencoder_average_or_snapshot_setting_out_of_range_is_one_clear_error(tmp_path, setting, error):
     bad = tmp_path / "ema.yaml"
-    bad.write_text("autoencoder:\n  ema_decay: 1.0\n")
-    with pytest.raises(FundusgenError, match=r"ema.yaml.autoencoder: ema_decay must be in \[0, 1\) \(0: no average\), not 1.0"):
-        load_recipe(bad)
-    bad.write_text("autoencoder:\n  snapshot_every: -5\n")
-    with pytest.raises(FundusgenError, match=r"ema.yaml.autoencoder: snapshot_every must be 0 \(none\) or a number of steps, not -5"):
+    bad.write_text(f"autoencoder:\n  {setting}\n")
+    with pytest.raises(FundusgenError, match=r"ema.yaml.autoencoder: " + error):
         load_recipe(bad)
 
 
