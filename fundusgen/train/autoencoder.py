@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from tqdm import tqdm
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import (ENCODER_SIDE, AutoencoderLoss, FundusAutoencoder, PatchDiscriminator,
                                          discriminator_hinge_loss)
-from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, step_generator
+from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, save_model_folder, step_generator
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
 from fundusgen.train.distributed import new_accelerator
@@ -86,6 +85,10 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     start = 0
     state = load_checkpoint(ckpt_path)
     init = _load_init(tc, model) if tc.init and state is None else None
+    kept_scaling = None
+    if tc.init and tc.steps == 0:  # the encoder is the init's: so are its latents and their scale
+        source = init or FundusAutoencoder.from_pretrained(tc.init)
+        kept_scaling = {"scaling_factor": source.config.scaling_factor, "shift_factor": source.config.shift_factor}
     if state is not None:
         start = int(state["step"])
         model.load_state_dict(state["model"])
@@ -143,7 +146,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", l1=f"{terms['l1']:.4f}")
         if tc.snapshot_every and (step + 1) % tc.snapshot_every == 0 and acc.is_main_process:
             # before the checkpoint: a run resumed from step N has its step_N/
-            _save_folder(acc.unwrap_model(model), ema, tc, init, images, acc.device, out / f"step_{step + 1}")
+            _save_folder(acc.unwrap_model(model), ema, kept_scaling, images, acc.device, out / f"step_{step + 1}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (tc.steps, total):
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -154,7 +157,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
                                 step=step + 1, **extra)
     model = acc.unwrap_model(model)
     if acc.is_main_process:
-        _save_folder(model, ema, tc, init, images, acc.device, final)
+        _save_folder(model, ema, kept_scaling, images, acc.device, final)
         (out / "train_config.json").write_text(json.dumps(asdict(tc), indent=2))
     if writer:
         writer.close()
@@ -162,26 +165,18 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     return final
 
 
-def _save_folder(model: FundusAutoencoder, ema: EMAModel | None, tc, init: FundusAutoencoder | None,
+def _save_folder(model: FundusAutoencoder, ema: EMAModel | None, kept_scaling: dict | None,
                  images: torch.Tensor, device, folder: Path) -> None:
-    """The weights (their moving average with ``ema``) as a diffusers model folder with its latent scaling,
-    written beside it and renamed: a stop leaves no half-written folder."""
+    """The weights (their moving average with ``ema``) as a diffusers model folder with its latent scaling:
+    ``kept_scaling`` (the init's, whose encoder was kept) or measured on ``images``."""
     if folder.exists():  # a snapshot written before a stop: the same weights
         return
     net = copy.deepcopy(model)  # not a fresh model: its initialisation would draw from the global generator
     if ema is not None:
         ema.copy_to(net.parameters())
     net.to(device).eval()
-    if tc.init and tc.steps == 0:  # the encoder is the init's: so are its latents and their scale
-        start_from = init or FundusAutoencoder.from_pretrained(tc.init)
-        net.register_to_config(scaling_factor=start_from.config.scaling_factor,
-                               shift_factor=start_from.config.shift_factor)
-    else:
-        net.register_to_config(scaling_factor=float(1.0 / latent_std(net, images, device)))
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(str(tmp), safe_serialization=True)
-    tmp.rename(folder)
+    net.register_to_config(**(kept_scaling or {"scaling_factor": float(1.0 / latent_std(net, images, device))}))
+    save_model_folder(net, folder)
 
 
 def _load_init(tc, model: FundusAutoencoder) -> FundusAutoencoder:

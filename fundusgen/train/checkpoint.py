@@ -3,10 +3,12 @@
 A checkpoint holds model, EMA and optimizer states, the step and the RNG states; it is written
 to a temporary file and renamed, so a kill leaves the previous checkpoint intact. Loading uses
 ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles.
+The model folders a run saves (stages, snapshots, final/) are written aside and renamed the same way.
 """
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,6 +19,15 @@ from fundusgen.errors import FundusgenError
 
 def save_checkpoint(path: Path, **state) -> None:
     atomic_write_file(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_model_folder(net, folder: Path) -> None:
+    """``net.save_pretrained(folder)``, atomically: written beside it, then renamed into place."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(str(tmp), safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def load_checkpoint(path: Path) -> dict | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +22,8 @@ from fundusgen.errors import FundusgenError
 from fundusgen.model.dit import DiT
 from fundusgen.model.flow import RectifiedFlowLoss
 from fundusgen.train.cache import caption_states
-from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, stages_behind, step_generator
+from fundusgen.train.checkpoint import (load_checkpoint, save_checkpoint, save_model_folder, stages_behind,
+                                        step_generator)
 from fundusgen.train.config import LOSS_MAPS, RecipeConfig, StageConfig
 from fundusgen.train.distributed import (full_states, load_full_states, mixed_precision, new_accelerator,
                                          prepare, shard, uses_fsdp)
@@ -172,15 +172,6 @@ def ema_weights(net, ema: EMAModel, sharded: bool) -> dict:
 def stage_folder(out: Path, index: int, stage: StageConfig) -> Path:
     """Where a denoiser run keeps stage ``index``'s EMA weights (``out`` is the run's ``denoiser/``)."""
     return out / "stages" / f"{index + 1}_{stage.name}"
-
-
-def save_model_folder(net, folder: Path) -> None:
-    """``net.save_pretrained(folder)``, atomically: written beside it, then renamed into place."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(str(tmp), safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
 
 
 def set_trainable(model: DiT, stage: StageConfig) -> None:
