@@ -201,7 +201,9 @@ def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsy
 
 @pytest.mark.parametrize("setting, error", [
     ("ema_decay: 1.0", r"ema_decay must be in \[0, 1\) \(0: no average\), not 1.0"),
-    ("snapshot_every: -5", r"snapshot_every must be 0 \(none\) or a number of steps, not -5")])
+    ("snapshot_every: -5", r"snapshot_every must be 0 \(none\) or a number of steps, not -5"),
+    ("latent_noise: -0.1", r"latent_noise must be 0 \(none\) or a positive noise level, not -0.1"),
+    ("latent_noise: 0.2", r"latent_noise trains the decoder alone: it needs decoder_steps > 0")])
 def test_an_autoencoder_average_or_snapshot_setting_out_of_range_is_one_clear_error(tmp_path, setting, error):
     bad = tmp_path / "ema.yaml"
     bad.write_text(f"autoencoder:\n  {setting}\n")
@@ -503,9 +505,9 @@ def test_each_process_draws_its_own_steps_and_the_first_draws_what_one_process_w
     assert torch.equal(draws[1], torch.rand(4, generator=step_generator(7, 12, 1)))  # still a pure function
 
 
-def _autoencoder(prepared: Path, tmp_path: Path, name: str, steps: int, decoder_steps: int) -> dict:
+def _autoencoder(prepared: Path, tmp_path: Path, name: str, steps: int, decoder_steps: int, **ae) -> dict:
     from fundusgen.train.autoencoder import train_autoencoder
-    tiny = {**TINY, "autoencoder": {**TINY["autoencoder"], "steps": steps, "decoder_steps": decoder_steps}}
+    tiny = {**TINY, "autoencoder": {**TINY["autoencoder"], "steps": steps, "decoder_steps": decoder_steps, **ae}}
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**tiny, "data": str(prepared), "out": str(tmp_path / name)}))
     final = train_autoencoder(load_recipe(tmp_path / f"{name}.yaml"), progress=False)
     return load_file(str(next(final.glob("*.safetensors"))))
@@ -524,6 +526,40 @@ def test_decoder_phase_keeps_the_encoder_and_resumes_exactly(prepared, tmp_path)
     shutil.rmtree(tmp_path / "resumed" / "autoencoder" / "final")
     resumed = _autoencoder(prepared, tmp_path, "resumed", 4, 4)
     assert all(torch.equal(refined[k], resumed[k]) for k in refined), "resuming inside the decoder phase changed the weights"
+
+
+def test_latent_noise_decodes_perturbed_latents_in_the_decoder_phase_and_resumes_exactly(prepared, tmp_path):
+    """``latent_noise``: the decoder learns from latents with Gaussian noise added, scaled by the latents'
+    own spread (measured after the first phase, or the init's kept scale); the encoder stays, the decoder
+    differs from one trained on the same batches without noise, and a run stopped in the phase ends the same."""
+    from fundusgen.model.autoencoder import FundusAutoencoder
+    plain = _autoencoder(prepared, tmp_path, "plain", 4, 4)
+    noisy = _autoencoder(prepared, tmp_path, "noisy", 4, 4, latent_noise=0.5)
+    assert all(torch.equal(plain[k], noisy[k]) for k in plain if k.startswith(("vae.encoder.", "vae.quant_conv.")))
+    assert not all(torch.equal(plain[k], noisy[k]) for k in plain if k.startswith("vae.decoder."))
+    _autoencoder(prepared, tmp_path, "stopped", 4, 2, latent_noise=0.5)  # checkpoint at step 6 of 8
+    shutil.rmtree(tmp_path / "stopped" / "autoencoder" / "final")
+    resumed = _autoencoder(prepared, tmp_path, "stopped", 4, 4, latent_noise=0.5)
+    assert all(torch.equal(noisy[k], resumed[k]) for k in noisy), "resuming with latent noise changed the weights"
+    source = tmp_path / "plain" / "autoencoder" / "final"
+    refined = _autoencoder(prepared, tmp_path, "from_init", 0, 2, init=str(source), latent_noise=0.5)
+    assert not all(torch.equal(plain[k], refined[k]) for k in plain if k.startswith("vae.decoder."))
+    # the forward pass adds the noise to the latent it decodes
+    model = FundusAutoencoder.from_pretrained(str(source)).eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    n = torch.randn(1, 4, 8, 8) * 0.3
+    with torch.no_grad():
+        recon, posterior = model(x, sample=False, latent_noise=n)
+        assert torch.allclose(recon, model.decode(posterior.mode() + n), atol=1e-6)
+
+
+def test_a_checkpoint_saved_before_the_discriminator_was_set_resumes_with_a_fresh_one(prepared, tmp_path, capsys):
+    _autoencoder(prepared, tmp_path, "run", 4, 2)  # no discriminator; checkpoint at step 6
+    shutil.rmtree(tmp_path / "run" / "autoencoder" / "final")
+    _autoencoder(prepared, tmp_path, "run", 4, 4, loss={"adversarial": 0.5})
+    assert "saved without a discriminator; a fresh one joins from step 6" in capsys.readouterr().err
+    state = torch.load(tmp_path / "run" / "autoencoder" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 8 and "disc" in state
 
 
 def test_decoder_phase_trains_with_the_discriminator_at_the_model_resolution_and_resumes_exactly(prepared, tmp_path):

@@ -56,11 +56,16 @@ class FundusAutoencoder(ModelMixin, ConfigMixin):
     def denormalise(self, z: torch.Tensor) -> torch.Tensor:
         return z / self.config.scaling_factor + self.config.shift_factor
 
-    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
+    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
+                latent_noise: torch.Tensor | None = None):
         """Reconstruction and posterior; ``generator`` draws the sample's noise (diffusers draws with
-        a CPU generator on the CPU, so a seed gives the same sample on any device)."""
+        a CPU generator on the CPU, so a seed gives the same sample on any device). ``latent_noise``
+        (raw latent units) is added to the latent before decoding: a decoder trained so learns to
+        draw a photograph from a latent a little off the encoder's, as a denoiser's samples are."""
         posterior = self.encode(x)
         z = posterior.sample(generator=generator) if sample else posterior.mode()
+        if latent_noise is not None:
+            z = z + latent_noise.to(z)
         return self.decode(z), posterior
 
 

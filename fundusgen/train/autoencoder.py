@@ -6,7 +6,8 @@ reconstructions from the same latents, so cached latents and a denoiser trained 
 The patch discriminator (``loss.adversarial`` > 0) joins at ``adversarial_start`` in either phase:
 L1, SSIM and the edge term alone pull a decoder towards the blurred mean of what a latent could be.
 With it the weights oscillate, so ``ema_decay`` saves their moving average instead and
-``snapshot_every`` keeps it every N steps (``step_N/``), to be picked by measurement.
+``snapshot_every`` keeps it every N steps (``step_N/``), to be picked by measurement. ``latent_noise``
+perturbs the latents the decoder sees in its phase, as a denoiser's samples are off the encoder's.
 
 Always fp32 (TF32 matrix units on a GPU): a bf16-autocast run of this trainer on an H100 (recipe
 configs/default.yaml, 4,600 steps) ended with green and blue reconstructed far off (L1 1.38 on
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -95,9 +97,11 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
         if start > tc.steps:  # saved inside the decoder phase: its optimizer holds the decoder only
             opt = _decoder_phase(model, tc)
         opt.load_state_dict(state["optimizer"])
-        if use_gan:
+        if use_gan and "disc" in state:
             disc.load_state_dict(state["disc"])
             opt_d.load_state_dict(state["optimizer_d"])
+        elif use_gan:  # saved before the recipe set loss.adversarial: the discriminator joins fresh
+            print(f"{ckpt_path}: saved without a discriminator; a fresh one joins from step {start}", file=sys.stderr)
     # the average starts from the weights training starts or resumes from (a checkpoint saved before
     # ema_decay was set has none: it starts there)
     ema = EMAModel(model.parameters(), decay=tc.ema_decay) if tc.ema_decay > 0 else None
@@ -113,15 +117,24 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     bar = tqdm(range(start, total), initial=start, total=total, desc="autoencoder", unit="step",
                disable=not progress or not acc.is_main_process)
     t0 = time.time()
+    noise_std = None  # the raw latents' standard deviation, for latent_noise (the encoder is frozen by then)
     for step in bar:
         if step == tc.steps:  # the decoder phase begins
             opt = acc.prepare(_decoder_phase(acc.unwrap_model(model), tc))
         g = step_generator(cfg.seed, step, acc.process_index)
         x = _batch(images, tc.batch_size, tc.crop, g).to(acc.device)
+        noise = None
+        if tc.latent_noise > 0 and step >= tc.steps:
+            if noise_std is None:
+                noise_std = (1.0 / kept_scaling["scaling_factor"] if kept_scaling
+                             else latent_std(acc.unwrap_model(model), images, acc.device))
+            f, c = acc.unwrap_model(model).downsampling_factor, tc.model.latent_channels
+            sigma = torch.rand(len(x), generator=g) * tc.latent_noise * noise_std
+            noise = torch.randn((len(x), c, tc.crop // f, tc.crop // f), generator=g) * sigma.view(-1, 1, 1, 1)
         with acc.autocast():
             # through the DDP wrapper, which averages gradients across processes only for its own
             # forward; in the decoder phase the frozen encoder records no graph
-            recon, posterior = model(x, generator=g)
+            recon, posterior = model(x, generator=g, latent_noise=noise)
             gan_on = use_gan and step >= tc.adversarial_start
             loss, terms = loss_fn(x, recon, posterior, disc if gan_on else None,
                                   last_layer=acc.unwrap_model(model).vae.decoder.conv_out.weight)

@@ -49,12 +49,20 @@ class AutoencoderTrainConfig:
                                 # GAN generators are): the adversarial term makes the raw weights oscillate
     snapshot_every: int = 0     # > 0: also keep the (averaged) weights every N steps as step_N/ model folders,
                                 # to pick one by measurement (benchmarks/autoencoder_quality.py --realism)
+    latent_noise: float = 0.0   # > 0 (decoder phase): each latent the decoder sees gets Gaussian noise of a
+                                # standard deviation drawn uniformly in [0, latent_noise] times the latents' own
+                                # (the denoiser's unit-variance units), so it learns to draw photographs from
+                                # latents as far off the encoder's as a denoiser's samples are
 
     def __post_init__(self):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: no average), not {self.ema_decay}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be 0 (none) or a number of steps, not {self.snapshot_every}")
+        if self.latent_noise < 0:
+            raise ValueError(f"latent_noise must be 0 (none) or a positive noise level, not {self.latent_noise}")
+        if self.latent_noise > 0 and self.decoder_steps == 0:
+            raise ValueError("latent_noise trains the decoder alone: it needs decoder_steps > 0")
 
 
 @dataclass
