@@ -8,7 +8,8 @@ The photographs are resized (area, as the trainer does) to the side the model dr
 model_index.json ``resolution``, unless ``--resolution`` says otherwise (0: as prepared).
 ``--realism N`` adds the realism floor the autoencoder sets: N photographs of ``--realism-split`` and
 their reconstructions, FID / KID / precision / recall against ``--split`` (its Inception features
-cached as ``fundusgen evaluate`` caches them): a model drawing through this decoder scores no better.
+cached as ``fundusgen evaluate`` caches them, and the N photographs' too, so the next decoder scored on
+them runs only its reconstructions): a model drawing through this decoder scores no better.
 """
 import argparse
 import itertools
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 
 from fundusgen.data.shards import iter_samples
-from fundusgen.eval.features import folder_features
+from fundusgen.eval.features import default_cache_dir, folder_features
 from fundusgen.eval.reconstruction import evaluate_autoencoder, reconstruction_realism
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.pipeline import DEFAULT_MODEL, MODEL_INDEX
@@ -77,7 +78,7 @@ def main() -> int:
                        for s in itertools.islice(iter_samples(args.data, args.realism_split), args.realism)]
         real = folder_features(args.data, split=args.split).features
         report["realism"] = {"against": f"{args.split} ({len(real)} photographs, as prepared)",
-                             **reconstruction_realism(ae, photographs, real)}
+                             **reconstruction_realism(ae, photographs, real, cache_dir=default_cache_dir())}
     print(json.dumps({"model": args.model, "autoencoder": args.autoencoder or "the model's", "split": args.split,
                       "resolution": side or "as prepared", **report,
                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"},

@@ -58,3 +58,33 @@ def test_realism_floor_scores_photographs_and_their_reconstructions_against_the_
         assert report[part]["n_real"] == 40 and report[part]["n_synth"] == 12
         assert np.isfinite(report[part]["fid"]["value"]) and np.isfinite(report[part]["kid"]["value"])
     assert report["photographs"]["fid"]["value"] < report["reconstructions"]["fid"]["value"] / 10
+
+
+def test_realism_floor_keeps_the_photographs_features_for_the_next_decoder(tmp_path):
+    """With ``cache_dir`` the photographs run through the network once: scoring a second decoder on
+    the same photographs runs only its reconstructions, and other photographs are not served stale."""
+    import torch
+    rgb, _ = _retina(64)
+    seen = []
+
+    def network(x):
+        seen.append(len(x))
+        return torch.nn.functional.adaptive_avg_pool2d(x, (27, 27)).flatten(1)[:, :2048]
+
+    from fundusgen.eval.features import features_of_images
+    real = features_of_images([rgb, rgb[:, ::-1].copy(), rgb[::-1].copy()], network, progress=False)
+    photographs = [rgb, rgb[:, ::-1].copy()]
+    torch.manual_seed(0)
+    first = FundusAutoencoder(latent_channels=4, block_out_channels=[8, 16], norm_num_groups=4).eval()
+    second = FundusAutoencoder(latent_channels=4, block_out_channels=[8, 16], norm_num_groups=4).eval()
+    seen.clear()
+    a = reconstruction_realism(first, photographs, real, network=network, progress=False, cache_dir=tmp_path)
+    assert sum(seen) == 4 and len(list(tmp_path.glob("photographs_*.npz"))) == 1
+    seen.clear()
+    b = reconstruction_realism(second, photographs, real, network=network, progress=False, cache_dir=tmp_path)
+    assert sum(seen) == 2, "the photographs ran through the network again"
+    assert a["photographs"]["fid"]["value"] == b["photographs"]["fid"]["value"]
+    assert a["reconstructions"]["fid"]["value"] != b["reconstructions"]["fid"]["value"]
+    seen.clear()
+    reconstruction_realism(second, [rgb], real, network=network, progress=False, cache_dir=tmp_path)
+    assert sum(seen) == 2 and len(list(tmp_path.glob("photographs_*.npz"))) == 2

@@ -6,6 +6,9 @@ floor an autoencoder sets for every model drawn through it: photographs and thei
 scored (FID, KID, precision, recall) against the same real set."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from typing import Callable, Iterable
 
 import numpy as np
@@ -50,15 +53,29 @@ def evaluate_autoencoder(ae: FundusAutoencoder, samples: Iterable[tuple[np.ndarr
 
 
 def reconstruction_realism(ae: FundusAutoencoder, photographs: list[np.ndarray], real_features: np.ndarray,
-                           network=None, progress: bool = True) -> dict:
+                           network=None, progress: bool = True, cache_dir: str | Path | None = None) -> dict:
     """Realism of ``photographs`` and of their reconstructions against ``real_features`` (Inception pool3
     of a real set, e.g. a prepared test split). A latent diffusion model draws through the decoder, so
     the reconstructions' figures bound its images' from below; the photographs' are the real floor.
-    ``network``: the feature network (default: the standard Inception, which ``real_features`` must match)."""
-    from fundusgen.eval.features import features_of_images, load_inception
+    ``network``: the feature network (default: the standard Inception, which ``real_features`` must match).
+    ``cache_dir``: the photographs' features are kept there, named by their pixels' hash, so scoring the
+    next decoder on the same photographs runs only the reconstructions (as ``folder_features``, a
+    ``network`` other than the standard one needs a ``cache_dir`` of its own)."""
+    from fundusgen.eval.features import FEATURE_VERSION, _load_cache, _save_cache, features_of_images, load_inception
     from fundusgen.eval.realism import compare
     net = network if network is not None else load_inception()
-    ours = features_of_images(photographs, net, total=len(photographs), progress=progress, desc="inception photographs")
+    digest = hashlib.sha1(FEATURE_VERSION.encode())
+    for p in photographs:
+        digest.update(np.ascontiguousarray(p).tobytes() + str(p.shape).encode())
+    cache = Path(cache_dir) / f"photographs_{digest.hexdigest()[:20]}.npz" if cache_dir else None
+    stored, cached = _load_cache(cache) if cache else ("", {})
+    if stored == digest.hexdigest() and len(cached) == len(photographs):
+        ours = np.stack(list(cached.values()))
+    else:
+        ours = features_of_images(photographs, net, total=len(photographs), progress=progress,
+                                  desc="inception photographs")
+        if cache:
+            _save_cache(cache, digest.hexdigest(), [str(i) for i in range(len(ours))], ours)
     recon = features_of_images((reconstruct(ae, p) for p in photographs), net, total=len(photographs),
                                progress=progress, desc="inception reconstructions")
     return {"photographs": compare(real_features, ours), "reconstructions": compare(real_features, recon)}
