@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
 from typing import Callable, Iterable
 
 import numpy as np
