@@ -204,7 +204,7 @@ def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsy
     ("snapshot_every: -5", r"snapshot_every must be 0 \(none\) or a number of steps, not -5"),
     ("latent_noise: -0.1", r"latent_noise must be 0 \(none\) or a positive noise level, not -0.1"),
     ("latent_noise: 0.2", r"latent_noise trains the decoder alone: it needs decoder_steps > 0")])
-def test_an_autoencoder_average_or_snapshot_setting_out_of_range_is_one_clear_error(tmp_path, setting, error):
+def test_an_autoencoder_average_snapshot_or_noise_setting_out_of_range_is_one_clear_error(tmp_path, setting, error):
     bad = tmp_path / "ema.yaml"
     bad.write_text(f"autoencoder:\n  {setting}\n")
     with pytest.raises(FundusgenError, match=r"ema.yaml.autoencoder: " + error):
