@@ -79,7 +79,7 @@ def test_realism_floor_keeps_the_photographs_features_for_the_next_decoder(tmp_p
     second = FundusAutoencoder(latent_channels=4, block_out_channels=[8, 16], norm_num_groups=4).eval()
     seen.clear()
     a = reconstruction_realism(first, photographs, real, network=network, progress=False, cache_dir=tmp_path)
-    assert sum(seen) == 4 and len(list(tmp_path.glob("photographs_*.npz"))) == 1
+    assert sum(seen) == 4 and len(list(tmp_path.glob("arrays_*.npz"))) == 1
     seen.clear()
     b = reconstruction_realism(second, photographs, real, network=network, progress=False, cache_dir=tmp_path)
     assert sum(seen) == 2, "the photographs ran through the network again"
@@ -87,4 +87,4 @@ def test_realism_floor_keeps_the_photographs_features_for_the_next_decoder(tmp_p
     assert a["reconstructions"]["fid"]["value"] != b["reconstructions"]["fid"]["value"]
     seen.clear()
     reconstruction_realism(second, [rgb], real, network=network, progress=False, cache_dir=tmp_path)
-    assert sum(seen) == 2 and len(list(tmp_path.glob("photographs_*.npz"))) == 2
+    assert sum(seen) == 2 and len(list(tmp_path.glob("arrays_*.npz"))) == 2

@@ -238,6 +238,26 @@ def folder_features(folder: str | Path, *, split: str | None = None, model: torc
     return FeatureSet(folder, [p.relative_to(folder).as_posix() for p in paths], features, cache)
 
 
+def array_features(images: list[np.ndarray], model: torch.jit.ScriptModule, cache_dir: str | Path | None = None,
+                   *, progress: bool = True, desc: str = "inception") -> np.ndarray:
+    """``features_of_images`` of images held in memory, kept in ``cache_dir`` under a hash of their pixels
+    (and the feature version), so the same images are never run twice and other images never get stale
+    features. As ``folder_features``: a ``model`` other than the standard one needs a ``cache_dir`` of its own."""
+    digest = hashlib.sha1(FEATURE_VERSION.encode())
+    for im in images:
+        digest.update(str(im.shape).encode())
+        digest.update(np.ascontiguousarray(im).tobytes())
+    signature = digest.hexdigest()
+    cache = Path(cache_dir) / f"arrays_{signature[:20]}.npz" if cache_dir else None
+    stored, cached = _load_cache(cache) if cache else ("", {})
+    if stored == signature:
+        return np.stack(list(cached.values()))
+    features = features_of_images(images, model, total=len(images), progress=progress, desc=desc)
+    if cache:
+        _save_cache(cache, signature, [str(i) for i in range(len(features))], features)
+    return features
+
+
 def _prepared_features(folder: Path, split: str | None, model, cache: Path | None, batch_size: int,
                        progress: bool) -> FeatureSet:
     signature = shards_signature(folder)

@@ -6,7 +6,6 @@ floor an autoencoder sets for every model drawn through it: photographs and thei
 scored (FID, KID, precision, recall) against the same real set."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -57,24 +56,12 @@ def reconstruction_realism(ae: FundusAutoencoder, photographs: list[np.ndarray],
     of a real set, e.g. a prepared test split). A latent diffusion model draws through the decoder, so
     the reconstructions' figures bound its images' from below; the photographs' are the real floor.
     ``network``: the feature network (default: the standard Inception, which ``real_features`` must match).
-    ``cache_dir``: the photographs' features are kept there, named by their pixels' hash, so scoring the
-    next decoder on the same photographs runs only the reconstructions (as ``folder_features``, a
-    ``network`` other than the standard one needs a ``cache_dir`` of its own)."""
-    from fundusgen.eval.features import FEATURE_VERSION, _load_cache, _save_cache, features_of_images, load_inception
+    ``cache_dir``: the photographs' features are kept there (``array_features``), so scoring the next
+    decoder on the same photographs runs only the reconstructions."""
+    from fundusgen.eval.features import array_features, features_of_images, load_inception
     from fundusgen.eval.realism import compare
     net = network if network is not None else load_inception()
-    digest = hashlib.sha1(FEATURE_VERSION.encode())
-    for p in photographs:
-        digest.update(np.ascontiguousarray(p).tobytes() + str(p.shape).encode())
-    cache = Path(cache_dir) / f"photographs_{digest.hexdigest()[:20]}.npz" if cache_dir else None
-    stored, cached = _load_cache(cache) if cache else ("", {})
-    if stored == digest.hexdigest() and len(cached) == len(photographs):
-        ours = np.stack(list(cached.values()))
-    else:
-        ours = features_of_images(photographs, net, total=len(photographs), progress=progress,
-                                  desc="inception photographs")
-        if cache:
-            _save_cache(cache, digest.hexdigest(), [str(i) for i in range(len(ours))], ours)
+    ours = array_features(photographs, net, cache_dir, progress=progress, desc="inception photographs")
     recon = features_of_images((reconstruct(ae, p) for p in photographs), net, total=len(photographs),
                                progress=progress, desc="inception reconstructions")
     return {"photographs": compare(real_features, ours), "reconstructions": compare(real_features, recon)}

@@ -128,9 +128,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
             if noise_std is None:
                 noise_std = (1.0 / kept_scaling["scaling_factor"] if kept_scaling
                              else latent_std(acc.unwrap_model(model), images, acc.device))
-            f, c = acc.unwrap_model(model).downsampling_factor, tc.model.latent_channels
-            sigma = torch.rand(len(x), generator=g) * tc.latent_noise * noise_std
-            noise = torch.randn((len(x), c, tc.crop // f, tc.crop // f), generator=g) * sigma.view(-1, 1, 1, 1)
+            noise = _latent_noise(len(x), tc, acc.unwrap_model(model).downsampling_factor, noise_std, g)
         with acc.autocast():
             # through the DDP wrapper, which averages gradients across processes only for its own
             # forward; in the decoder phase the frozen encoder records no graph
@@ -190,6 +188,14 @@ def _save_folder(model: FundusAutoencoder, ema: EMAModel | None, kept_scaling: d
     net.to(device).eval()
     net.register_to_config(**(kept_scaling or {"scaling_factor": float(1.0 / latent_std(net, images, device))}))
     save_model_folder(net, folder)
+
+
+def _latent_noise(n: int, tc, factor: int, latent_std: float, g: torch.Generator) -> torch.Tensor:
+    """n latents' worth of Gaussian noise, each of a standard deviation drawn uniformly in
+    [0, ``tc.latent_noise``] times the latents' own (``latent_std``, raw units)."""
+    side = tc.crop // factor
+    sigma = torch.rand(n, generator=g) * tc.latent_noise * latent_std
+    return torch.randn((n, tc.model.latent_channels, side, side), generator=g) * sigma.view(-1, 1, 1, 1)
 
 
 def _load_init(tc, model: FundusAutoencoder) -> FundusAutoencoder:
