@@ -353,6 +353,23 @@ def test_seed_per_prompt_gives_every_prompt_its_own_seeds(model_dir, tmp_path):
     assert np.array_equal(np.asarray(Image.open(out / "001_000_seed12.png").convert("RGB")), np.asarray(alone))
 
 
+def test_latent_output_and_a_seed_per_prompt_give_the_latents_the_images_decode_from(model_dir):
+    """``output_type="latent"``: the sampled latents (raw units), which ``decode`` turns into the very
+    images; a list of seeds gives each prompt its own, as a call of its own would."""
+    pipe = FundusGen.from_pretrained(model_dir)
+    prompts = ["left eye", "right eye, cataract"]
+    out = pipe(prompts, seed=[5, 9], output_type="latent", aperture="circle")
+    assert out.images == [] and out.latents.shape == (2, 4, 16, 16) and [m["seed"] for m in out.metadata] == [5, 9]
+    images = pipe._to_pil(pipe.decode(pipe.autoencoder.normalise(out.latents), "circle"))
+    for prompt, seed, image in zip(prompts, (5, 9), images):
+        alone = pipe(prompt, seed=seed, aperture="circle").images[0]
+        assert np.abs(np.asarray(image).astype(int) - np.asarray(alone).astype(int)).max() <= 1
+    with pytest.raises(FundusgenError, match="1 seeds for 2 prompts"):
+        pipe(prompts, seed=[5])
+    with pytest.raises(FundusgenError, match="output_type 'np': pil or latent"):
+        pipe(prompts, output_type="np")
+
+
 @pytest.mark.parametrize("args,message", [
     (["   "], "empty prompt"),
     (["a" * 10000], "10000 characters"),

@@ -203,7 +203,13 @@ def test_a_typo_in_the_recipe_names_the_file_the_key_and_the_fix(tmp_path, capsy
     ("ema_decay: 1.0", r"ema_decay must be in \[0, 1\) \(0: no average\), not 1.0"),
     ("snapshot_every: -5", r"snapshot_every must be 0 \(none\) or a number of steps, not -5"),
     ("latent_noise: -0.1", r"latent_noise must be 0 \(none\) or a positive noise level, not -0.1"),
-    ("latent_noise: 0.2", r"latent_noise trains the decoder alone: it needs decoder_steps > 0")])
+    ("latent_noise: 0.2", r"latent_noise trains the decoder alone: it needs decoder_steps > 0"),
+    ("sample_model: m\n  decoder_steps: 5\n  steps: 0\n  loss: {adversarial: 0.5}", r"sample_model refines a "
+     r"decoder on its model's latents: it needs init \(that model's autoencoder\), steps: 0 and decoder_steps > 0"),
+    ("sample_model: m\n  init: m/autoencoder\n  decoder_steps: 5\n  steps: 0", r"sample_model teaches the decoder "
+     r"through the discriminator: it needs loss.adversarial > 0"),
+    ("sample_model: m\n  init: m/autoencoder\n  decoder_steps: 5\n  steps: 0\n  loss: {adversarial: 0.5}\n  sample_n: 2",
+     r"sample_n must be at least batch_size \(8\) and sample_weight > 0 \(got 2, 1.0\)")])
 def test_an_autoencoder_average_snapshot_or_noise_setting_out_of_range_is_one_clear_error(tmp_path, setting, error):
     bad = tmp_path / "ema.yaml"
     bad.write_text(f"autoencoder:\n  {setting}\n")
@@ -637,6 +643,53 @@ def test_decoder_phase_saves_the_moving_average_and_snapshots_and_resumes_exactl
         assert all(torch.equal(snap[k], v) for k, v in
                    load_file(str(next((resumed.parent / name).glob("*.safetensors")))).items()), name
     assert all(torch.equal(weights[k], v) for k, v in snap.items()), "step_4 is not the final weights"
+
+
+def test_decoder_phase_learns_from_the_discriminator_on_a_models_own_samples_and_resumes_exactly(prepared, tmp_path):
+    """``sample_model``: the model draws ``sample_n`` latents once (kept, and read back on resume); the
+    discriminator also judges the decoder's drawings of them, so the decoder moves otherwise than on the
+    same batches without; the encoder stays; a stopped run ends the same; a model whose encoder is not
+    the init's is refused, since its samples are not latents of that decoder."""
+    from fundusgen.model.autoencoder import FundusAutoencoder
+    from fundusgen.model.dit import DiT
+    from fundusgen.model.text_encoder import TextEncoder
+    from fundusgen.train.autoencoder import train_autoencoder
+    plain = _autoencoder(prepared, tmp_path, "plain", 4, 0)
+    source = tmp_path / "plain" / "autoencoder" / "final"
+    torch.manual_seed(0)
+    FundusGen(FundusAutoencoder.from_pretrained(str(source)), DiT(hidden_size=32, depth=1, num_heads=2, text_dim=384),
+              TextEncoder("minilm"), {"name": "tiny", "text_encoder": "minilm", "resolution": 32, "steps": 2,
+                                      "guidance": 2.0, "sampler": "euler", "aperture": "circle"}).save_pretrained(tmp_path / "model")
+    loss = {"adversarial": 0.5, "adversarial_adaptive": True}
+    tiny = {**TINY, "checkpoint_every": 2, "autoencoder": {**TINY["autoencoder"], "steps": 0, "decoder_steps": 4,
+                                                          "init": str(source), "loss": loss}}
+
+    def run(name, **ae):
+        cfg = {**tiny, "autoencoder": {**tiny["autoencoder"], **ae}, "data": str(prepared), "out": str(tmp_path / name)}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        final = train_autoencoder(load_recipe(tmp_path / f"{name}.yaml"), progress=False)
+        return load_file(str(next(final.glob("*.safetensors"))))
+
+    samples = {"sample_model": str(tmp_path / "model"), "sample_n": 3}
+    without = run("without")
+    refined = run("samples", **samples)
+    bank = load_file(str(tmp_path / "samples" / "autoencoder" / "sample_latents.safetensors"))["latents"]
+    assert bank.shape == (3, 4, 8, 8) and bank.std() > 0
+    assert all(torch.equal(plain[k], refined[k]) for k in plain if k.startswith(("vae.encoder.", "vae.quant_conv.")))
+    assert not all(torch.equal(without[k], refined[k]) for k in plain if k.startswith("vae.decoder."))
+    run("stopped", decoder_steps=2, **samples)
+    drawn = (tmp_path / "stopped" / "autoencoder" / "sample_latents.safetensors").stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "stopped" / "autoencoder" / "final")
+    resumed = run("stopped", **samples)
+    assert (tmp_path / "stopped" / "autoencoder" / "sample_latents.safetensors").stat().st_mtime_ns == drawn
+    assert all(torch.equal(refined[k], resumed[k]) for k in refined), "resuming with the samples changed the weights"
+    other = FundusGen.from_pretrained(tmp_path / "model")
+    with torch.no_grad():
+        other.autoencoder.vae.encoder.conv_in.weight.add_(0.1)  # another encoder: not the init's latents
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(FundusgenError, match=r"sample_model .*other: its encoder or latent scaling differs from "
+                                             r"autoencoder.init"):
+        run("mismatch", sample_model=str(tmp_path / "other"), sample_n=3)
 
 
 def test_decoder_of_an_existing_autoencoder_is_refined_from_the_command_line(prepared, tmp_path, capsys):

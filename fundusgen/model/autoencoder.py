@@ -57,16 +57,21 @@ class FundusAutoencoder(ModelMixin, ConfigMixin):
         return z / self.config.scaling_factor + self.config.shift_factor
 
     def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
-                latent_noise: torch.Tensor | None = None):
+                latent_noise: torch.Tensor | None = None, latents: torch.Tensor | None = None):
         """Reconstruction and posterior; ``generator`` draws the sample's noise (diffusers draws with
         a CPU generator on the CPU, so a seed gives the same sample on any device). ``latent_noise``
         (raw latent units) is added to the latent before decoding: a decoder trained so learns to
-        draw a photograph from a latent a little off the encoder's, as a denoiser's samples are."""
+        draw a photograph from a latent a little off the encoder's, as a denoiser's samples are.
+        ``latents`` (raw, the same side as x's) are decoded in the same batch and returned third:
+        a denoiser's samples, whose decoding a discriminator judges (``autoencoder.sample_model``)."""
         posterior = self.encode(x)
         z = posterior.sample(generator=generator) if sample else posterior.mode()
         if latent_noise is not None:
             z = z + latent_noise.to(z)
-        return self.decode(z), posterior
+        if latents is None:
+            return self.decode(z), posterior
+        decoded = self.decode(torch.cat([z, latents.to(z)]))
+        return decoded[:len(z)], posterior, decoded[len(z):]
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -101,6 +106,18 @@ def green_edges(x: torch.Tensor) -> torch.Tensor:
 
 
 ENCODER_SIDE = ("vae.encoder.", "vae.quant_conv.")  # what makes the latents: a refined decoder keeps it
+
+
+def latent_space_difference(a: FundusAutoencoder, b: FundusAutoencoder) -> str | None:
+    """None when ``b`` makes ``a``'s latents (the same encoder side, to float16 rounding, and latent
+    scaling), else what differs: "its architecture" or "its encoder or latent scaling"."""
+    ours, theirs = a.state_dict(), b.state_dict()
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+        return "its architecture"
+    if any(not torch.equal(ours[k].half().cpu(), theirs[k].half().cpu()) for k in ours if k.startswith(ENCODER_SIDE)) \
+            or (a.config.scaling_factor, a.config.shift_factor) != (b.config.scaling_factor, b.config.shift_factor):
+        return "its encoder or latent scaling"
+    return None
 
 
 class PatchDiscriminator(nn.Module):

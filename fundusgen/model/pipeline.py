@@ -47,10 +47,17 @@ def check_guide(denoiser: DiT, guide: DiT, where) -> None:
                              "(latent channels, patch size and text width must be the same)")
 
 
+def cut_to_disk(image: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] black outside the disk inscribed in their square: the 'circle' aperture."""
+    disk = torch.from_numpy(aperture_disk(image.shape[-1])).to(image)[None, None]
+    return image * disk - (1 - disk)
+
+
 @dataclass
 class GenerationResult:
     images: list[Image.Image]
     metadata: list[dict] = field(default_factory=list)
+    latents: torch.Tensor | None = None  # output_type="latent": the sampled latents, denormalised (raw)
 
 
 class FundusGen:
@@ -131,15 +138,16 @@ class FundusGen:
             raise FundusgenError(f"unknown aperture {aperture!r} (choose from {', '.join(APERTURES)})")
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], num_images: int = 1, seed: int = 0, steps: int | None = None,
+    def __call__(self, prompt: str | list[str], num_images: int = 1, seed: int | list[int] = 0, steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None, resolution: int | None = None,
                  aperture: str | None = None, time_shift: float | None = None,
                  negative_prompt: str | list[str] | None = None,
                  guidance_interval: tuple[float, float] | None = None, autoguidance: float | None = None,
-                 batch_size: int = 4, callback=None) -> GenerationResult:
+                 batch_size: int = 4, callback=None, output_type: str = "pil") -> GenerationResult:
         """``num_images`` images per prompt. Image i of a call uses seed + i, so a given
         (prompt, seed) gives the same image whatever the batch or count (up to one grey level when
         one batch mixes negative prompts of different lengths: float sums round differently).
+        ``seed`` may be a list, one per prompt: image i of prompt k then uses seed[k] + i.
 
         ``negative_prompt`` (one, or one per prompt) replaces the empty caption of the guidance's
         unconditional branch, so guidance pushes away from it (``""``: plain classifier-free
@@ -147,7 +155,11 @@ class FundusGen:
         (t = 1 is noise) and the conditional velocity alone elsewhere (Kynkaanniemi et al. 2024).
         ``autoguidance`` w (1: off) adds w - 1 times the difference between the denoiser's velocity and
         its weaker guide network's for the same caption (Karras et al. 2024; the model folder's
-        ``guide/``), on top of classifier-free guidance (``guidance`` 1 leaves autoguidance alone)."""
+        ``guide/``), on top of classifier-free guidance (``guidance`` 1 leaves autoguidance alone).
+        ``output_type`` "latent" returns the sampled latents in the autoencoder's raw units (``latents``,
+        no images), as diffusers' pipelines do: what a decoder is refined on (``autoencoder.sample_model``)."""
+        if output_type not in ("pil", "latent"):
+            raise FundusgenError(f"output_type {output_type!r}: pil or latent")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         one = negative_prompt is None or isinstance(negative_prompt, str)
         negatives = [n or "" for n in ([negative_prompt] * len(prompts) if one else negative_prompt)]  # None: ""
@@ -165,8 +177,11 @@ class FundusGen:
         time_shift = self.config.get("time_shift", 1.0) if time_shift is None else time_shift
         self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift, negatives,
                     interval, autoguidance)
-        jobs = [(p, n, seed + i) for p, n in zip(prompts, negatives) for i in range(num_images)]
-        images, meta = [], []
+        seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise FundusgenError(f"{len(seeds)} seeds for {len(prompts)} prompts (give one, or one each)")
+        jobs = [(p, n, s + i) for p, n, s in zip(prompts, negatives, seeds) for i in range(num_images)]
+        images, meta, latents = [], [], []
         done = 0
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
@@ -177,17 +192,20 @@ class FundusGen:
                              callback=None if callback is None
                              else (lambda i, n, base=done, k=len(chunk): callback(base + k * i / n, len(jobs))))
             done += len(chunk)
-            for (p, n, s), img in zip(chunk, self._to_pil(x)):
-                images.append(img)
+            if output_type == "latent":
+                latents.append(self.autoencoder.denormalise(x).float())
+            else:
+                images.extend(self._to_pil(self.decode(x, aperture)))
+            for p, n, s in chunk:
                 meta.append({"prompt": p, "seed": s, "steps": steps, "guidance": guidance, "sampler": sampler,
                              "resolution": resolution, "aperture": aperture, "time_shift": time_shift,
                              "negative_prompt": n, "guidance_interval": list(interval),
                              "autoguidance": autoguidance, "model": self.name})
-        return GenerationResult(images, meta)
+        return GenerationResult(images, meta, torch.cat(latents) if latents else None)
 
     def _sample(self, states, mask, null_states, null_mask, seeds, steps, scales, sampler, resolution, aperture,
                 time_shift, interval, callback):
-        """Latents sampled and decoded; ``scales`` = (classifier-free scale, autoguidance scale)."""
+        """Latents sampled (normalised); ``scales`` = (classifier-free scale, autoguidance scale)."""
         dev, dtype = self.device, next(self.denoiser.parameters()).dtype
         c = self.denoiser.config.in_channels
         side = resolution // self.autoencoder.downsampling_factor
@@ -221,16 +239,21 @@ class FundusGen:
         active = tuple(s for s in (cfg, auto) if s != 1.0)
         v = guided(velocities, active, interval, conditional) if active else conditional
         if aperture == "circle":
-            surround, known, disk = self._aperture(resolution)
+            surround, known = self._aperture(resolution)
             v = known_region(v, x, surround.to(x), known)
-        x = SAMPLERS[sampler](v, x, schedule(steps, time_shift).to(dev), callback)
+        return SAMPLERS[sampler](v, x, schedule(steps, time_shift).to(dev), callback)
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor, aperture: str = "none") -> torch.Tensor:
+        """Normalised latents -> images in [-1, 1], cut to the disk for the 'circle' aperture."""
+        dtype = next(self.autoencoder.parameters()).dtype
         image = self.autoencoder.decode(self.autoencoder.denormalise(x).to(dtype)).float()
         if aperture == "circle":
-            image = image * disk - (1 - disk)
+            image = cut_to_disk(image)
         return image
 
-    def _aperture(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(latents of the black surround, where they are pinned, the pixel disk) for 'circle'.
+    def _aperture(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents of the black surround, where they are pinned) for 'circle'.
         Latent cells within one cell of the disk stay free, so the network draws the rim."""
         if resolution in self._apertures:
             return self._apertures[resolution]
@@ -242,7 +265,7 @@ class FundusGen:
         template = torch.tensor(_FUNDUS_RGB, device=dev).view(1, 3, 1, 1) * disk - (1 - disk)
         with torch.no_grad():
             surround = self.autoencoder.normalise(self.autoencoder.encode(template.to(dtype)).mean)
-        self._apertures[resolution] = surround, known, disk
+        self._apertures[resolution] = surround, known
         return self._apertures[resolution]
 
     @staticmethod

@@ -8,6 +8,9 @@ L1, SSIM and the edge term alone pull a decoder towards the blurred mean of what
 With it the weights oscillate, so ``ema_decay`` saves their moving average instead and
 ``snapshot_every`` keeps it every N steps (``step_N/``), to be picked by measurement. ``latent_noise``
 perturbs the latents the decoder sees in its phase, as a denoiser's samples are off the encoder's.
+``sample_model`` has the discriminator also judge the decoder's drawings of a model's own samples
+(latents it draws once for training captions; no photograph pairs with them, so only the discriminator
+teaches there), so the decoder learns to draw what the denoiser draws as photographs look.
 
 Always fp32 (TF32 matrix units on a GPU): a bf16-autocast run of this trainer on an H100 (recipe
 configs/default.yaml, 4,600 steps) ended with green and blue reconstructed far off (L1 1.38 on
@@ -24,13 +27,18 @@ from pathlib import Path
 
 import torch
 from accelerate import DistributedDataParallelKwargs
+from safetensors import safe_open
+from safetensors.torch import save_file
 from diffusers.training_utils import EMAModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from fundusgen.data.shards import atomic_write_file
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import (ENCODER_SIDE, AutoencoderLoss, FundusAutoencoder, PatchDiscriminator,
-                                         discriminator_hinge_loss)
+                                         discriminator_hinge_loss, latent_space_difference)
+from fundusgen.model.pipeline import FundusGen, cut_to_disk
+from fundusgen.train.cache import caption_sources, captions_for
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, save_model_folder, step_generator
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
@@ -70,7 +78,7 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    images, _ = load_images(cfg.data, "train", progress, cfg.exclude_datasets)
+    images, metas = load_images(cfg.data, "train", progress, cfg.exclude_datasets)
     if tc.resolution:
         images = resize_uint8(images, tc.resolution)
     if tc.crop > images.shape[-1]:
@@ -84,6 +92,12 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.5, 0.9)) if use_gan else None
     loss_fn = AutoencoderLoss(tc.loss)
     ckpt_path = out / "checkpoint.pt"
+    samples, sample_aperture = None, "none"
+    if tc.sample_model:
+        if acc.is_main_process:
+            sample_latents(cfg, metas, acc.device, progress)  # drawn once; the other processes read them back
+        acc.wait_for_everyone()
+        samples, sample_aperture = sample_latents(cfg, metas, acc.device, progress)
     start = 0
     state = load_checkpoint(ckpt_path)
     init = _load_init(tc, model) if tc.init and state is None else None
@@ -129,20 +143,30 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
                 noise_std = (1.0 / kept_scaling["scaling_factor"] if kept_scaling
                              else latent_std(acc.unwrap_model(model), images, acc.device))
             noise = _latent_noise(len(x), tc, acc.unwrap_model(model).downsampling_factor, noise_std, g)
+        drawn = None
+        if samples is not None:
+            drawn = samples[torch.randint(len(samples), (tc.batch_size,), generator=g)].to(acc.device)
         with acc.autocast():
             # through the DDP wrapper, which averages gradients across processes only for its own
             # forward; in the decoder phase the frozen encoder records no graph
-            recon, posterior = model(x, generator=g, latent_noise=noise)
+            recon, posterior, *decoded = model(x, generator=g, latent_noise=noise, latents=drawn)
             gan_on = use_gan and step >= tc.adversarial_start
             loss, terms = loss_fn(x, recon, posterior, disc if gan_on else None,
                                   last_layer=acc.unwrap_model(model).vae.decoder.conv_out.weight)
+            fake = None  # the samples as the model would show them
+            if decoded:
+                fake = cut_to_disk(decoded[0]) if sample_aperture == "circle" else decoded[0]
+            if fake is not None and gan_on:  # lambda: the reconstructions' adaptive weight, so both pull alike
+                gan = -disc(fake).mean()
+                loss = loss + tc.loss.adversarial * tc.sample_weight * terms.get("adversarial_lambda", 1.0) * gan
+                terms["sample_adversarial"] = float(gan.detach())
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         if gan_on:
             with acc.autocast():
-                d_loss = discriminator_hinge_loss(disc, x, recon)
+                d_loss = discriminator_hinge_loss(disc, x, recon if fake is None else torch.cat([recon, fake]))
             opt_d.zero_grad(set_to_none=True)
             acc.backward(d_loss)
             opt_d.step()
@@ -188,6 +212,43 @@ def _save_folder(model: FundusAutoencoder, ema: EMAModel | None, kept_scaling: d
     net.to(device).eval()
     net.register_to_config(**(kept_scaling or {"scaling_factor": float(1.0 / latent_std(net, images, device))}))
     save_model_folder(net, folder)
+
+
+def sample_latents(cfg: RecipeConfig, metas: list[dict], device, progress: bool = True) -> tuple[torch.Tensor, str]:
+    """(raw latents, aperture): ``sample_n`` latents the model ``autoencoder.sample_model`` draws with its own
+    settings at the crop's side, for a caption each of as many training records (picked, and seeded, by
+    the recipe's seed). Drawn once into the run's autoencoder/sample_latents.safetensors (read back when
+    the same model, count, seed and side made it); its encoder must be the init's, whose latents they are."""
+    tc = cfg.autoencoder
+    path = Path(cfg.out) / "autoencoder" / "sample_latents.safetensors"
+    stamp = {"model": str(Path(tc.sample_model).resolve()), "n": str(tc.sample_n), "seed": str(cfg.seed),
+             "side": str(tc.crop)}
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if {k: meta.get(k) for k in stamp} == stamp:
+                return f.get_tensor("latents"), meta["aperture"]
+    try:
+        pipe = FundusGen.from_pretrained(tc.sample_model, device=str(device))
+    except (OSError, ValueError, RuntimeError, FundusgenError) as e:
+        raise FundusgenError(f"autoencoder.sample_model {tc.sample_model}: not a model folder "
+                             f"({str(e).splitlines()[0][:160]})") from None
+    what = latent_space_difference(pipe.autoencoder, FundusAutoencoder.from_pretrained(tc.init))
+    if what:
+        raise FundusgenError(f"autoencoder.sample_model {tc.sample_model}: {what} differs from autoencoder.init "
+                             f"{tc.init}'s, so its samples are not latents of the decoder refined")
+    g = torch.Generator().manual_seed(cfg.seed)
+    chosen = torch.randperm(len(metas), generator=g)[:tc.sample_n].tolist()
+    measured, _ = caption_sources(cfg.data)
+    prompts = [captions_for(metas[i], 1, measured.get(metas[i]["key"]))[0][0] for i in chosen]
+    seeds = torch.randint(2 ** 31, (len(prompts),), generator=g).tolist()
+    zs = []
+    for i in tqdm(range(0, len(prompts), 8), desc=f"sampling {tc.sample_model}", unit="batch", disable=not progress):
+        zs.append(pipe(prompts[i:i + 8], seed=seeds[i:i + 8], resolution=tc.crop, batch_size=8,
+                       output_type="latent").latents.cpu())
+    latents, aperture = torch.cat(zs).contiguous(), pipe.config.get("aperture", "none")
+    atomic_write_file(path, lambda tmp: save_file({"latents": latents}, str(tmp), metadata={**stamp, "aperture": aperture}))
+    return latents, aperture
 
 
 def _latent_noise(n: int, tc, factor: int, latent_std: float, g: torch.Generator) -> torch.Tensor:

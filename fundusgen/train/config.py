@@ -53,6 +53,11 @@ class AutoencoderTrainConfig:
                                 # standard deviation drawn uniformly in [0, latent_noise] times the latents' own
                                 # (the denoiser's unit-variance units), so it learns to draw photographs from
                                 # latents as far off the encoder's as a denoiser's samples are
+    sample_model: str | None = None  # (decoder phase, with loss.adversarial) a model folder whose encoder is this
+                                # autoencoder's: the decoder also learns to draw that model's own samples
+                                # (latents it draws for training captions) as the discriminator takes for photographs
+    sample_n: int = 256         # latents drawn once for that (sample_latents.safetensors in the run's autoencoder/)
+    sample_weight: float = 1.0  # the samples' adversarial term, relative to the reconstructions' one
 
     def __post_init__(self):
         if not 0.0 <= self.ema_decay < 1.0:
@@ -63,6 +68,15 @@ class AutoencoderTrainConfig:
             raise ValueError(f"latent_noise must be 0 (none) or a positive noise level, not {self.latent_noise}")
         if self.latent_noise > 0 and self.decoder_steps == 0:
             raise ValueError("latent_noise trains the decoder alone: it needs decoder_steps > 0")
+        if self.sample_model:
+            if self.decoder_steps == 0 or self.steps > 0 or not self.init:
+                raise ValueError("sample_model refines a decoder on its model's latents: it needs init (that "
+                                 "model's autoencoder), steps: 0 and decoder_steps > 0")
+            if self.loss.adversarial <= 0:
+                raise ValueError("sample_model teaches the decoder through the discriminator: it needs loss.adversarial > 0")
+            if self.sample_n < self.batch_size or self.sample_weight <= 0:
+                raise ValueError(f"sample_n must be at least batch_size ({self.batch_size}) and sample_weight > 0 "
+                                 f"(got {self.sample_n}, {self.sample_weight})")
 
 
 @dataclass

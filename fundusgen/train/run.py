@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from fundusgen.errors import FundusgenError
-from fundusgen.model.autoencoder import ENCODER_SIDE, FundusAutoencoder
+from fundusgen.model.autoencoder import FundusAutoencoder, latent_space_difference
 from fundusgen.model.dit import DiT
 from fundusgen.model.pipeline import MODEL_INDEX, FundusGen, check_guide
 from fundusgen.model.text_encoder import TextEncoder
@@ -182,13 +182,8 @@ def swap_decoder(pipe: FundusGen, folder: Path) -> None:
         new = FundusAutoencoder.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError) as e:
         raise FundusgenError(f"--autoencoder {folder}: not an autoencoder folder ({str(e).splitlines()[0][:200]})") from None
-    ours, theirs = pipe.autoencoder.state_dict(), new.state_dict()
-    differ = ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours)
-    encoder = [k for k in ours if k.startswith(ENCODER_SIDE)]
-    if differ or any(not torch.equal(ours[k].half(), theirs[k].half()) for k in encoder) or \
-            (new.config.scaling_factor, new.config.shift_factor) != \
-            (pipe.autoencoder.config.scaling_factor, pipe.autoencoder.config.shift_factor):
-        what = "its architecture" if differ else "its encoder or latent scaling"
+    what = latent_space_difference(pipe.autoencoder, new)
+    if what:
         raise FundusgenError(f"--autoencoder {folder}: {what} differs from the model's, so its latents are not the "
                              "ones the denoiser learned (refine the decoder alone: autoencoder.init with steps: 0)")
     pipe.autoencoder = new.to(pipe.autoencoder.device).eval()
