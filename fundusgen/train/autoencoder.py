@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 from accelerate import DistributedDataParallelKwargs
+from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import save_file
-from diffusers.training_utils import EMAModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
