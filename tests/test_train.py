@@ -645,7 +645,8 @@ def test_decoder_phase_saves_the_moving_average_and_snapshots_and_resumes_exactl
     assert all(torch.equal(weights[k], v) for k, v in snap.items()), "step_4 is not the final weights"
 
 
-def test_decoder_phase_learns_from_the_discriminator_on_a_models_own_samples_and_resumes_exactly(prepared, tmp_path):
+def test_decoder_phase_learns_from_the_discriminator_on_a_models_own_samples_and_resumes_exactly(prepared, tmp_path,
+                                                                                                 capsys):
     """``sample_model``: the model draws ``sample_n`` latents once (kept, and read back on resume); the
     discriminator also judges the decoder's drawings of them, so the decoder moves otherwise than on the
     same batches without; the encoder stays; a stopped run ends the same; a model whose encoder is not
@@ -683,6 +684,17 @@ def test_decoder_phase_learns_from_the_discriminator_on_a_models_own_samples_and
     resumed = run("stopped", **samples)
     assert (tmp_path / "stopped" / "autoencoder" / "sample_latents.safetensors").stat().st_mtime_ns == drawn
     assert all(torch.equal(refined[k], resumed[k]) for k in refined), "resuming with the samples changed the weights"
+    # drawn again once the model's settings change (its weights, the data's captions, count, seed, side alike)
+    from fundusgen.train.autoencoder import sample_latents
+    from fundusgen.train.data import load_images
+    index = json.loads((tmp_path / "model" / "model_index.json").read_text())
+    (tmp_path / "model" / "model_index.json").write_text(json.dumps({**index, "steps": 3}))
+    capsys.readouterr()
+    again, aperture = sample_latents(load_recipe(tmp_path / "stopped.yaml"), load_images(prepared, "train", False)[1],
+                                     "cpu", progress=False)
+    assert "sample_latents.safetensors: made from other data, weights or settings" in capsys.readouterr().err
+    assert aperture == "circle" and again.shape == bank.shape
+    assert (tmp_path / "stopped" / "autoencoder" / "sample_latents.safetensors").stat().st_mtime_ns != drawn
     other = FundusGen.from_pretrained(tmp_path / "model")
     with torch.no_grad():
         other.autoencoder.vae.encoder.conv_in.weight.add_(0.1)  # another encoder: not the init's latents

@@ -38,7 +38,8 @@ from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import (ENCODER_SIDE, AutoencoderLoss, FundusAutoencoder, PatchDiscriminator,
                                          discriminator_hinge_loss, latent_space_difference)
 from fundusgen.model.pipeline import FundusGen, cut_to_disk
-from fundusgen.train.cache import caption_sources, captions_for
+from fundusgen.train.cache import (cache_is_current, caption_sources, captions_for, data_digest, module_digest,
+                                   stamp_text)
 from fundusgen.train.checkpoint import load_checkpoint, save_checkpoint, save_model_folder, step_generator
 from fundusgen.train.config import RecipeConfig
 from fundusgen.train.data import load_images, resize, to_model_range
@@ -217,17 +218,11 @@ def _save_folder(model: FundusAutoencoder, ema: EMAModel | None, kept_scaling: d
 def sample_latents(cfg: RecipeConfig, metas: list[dict], device, progress: bool = True) -> tuple[torch.Tensor, str]:
     """(raw latents, aperture): ``sample_n`` latents the model ``autoencoder.sample_model`` draws with its own
     settings at the crop's side, for a caption each of as many training records (picked, and seeded, by
-    the recipe's seed). Drawn once into the run's autoencoder/sample_latents.safetensors (read back when
-    the same model, count, seed and side made it); its encoder must be the init's, whose latents they are."""
+    the recipe's seed). Drawn once into the run's autoencoder/sample_latents.safetensors, read back while
+    its stamp (the model's weights and settings, the data's captions, count, seed, side) still holds; the
+    model's encoder must be the init's, whose latents they are."""
     tc = cfg.autoencoder
     path = Path(cfg.out) / "autoencoder" / "sample_latents.safetensors"
-    stamp = {"model": str(Path(tc.sample_model).resolve()), "n": str(tc.sample_n), "seed": str(cfg.seed),
-             "side": str(tc.crop)}
-    if path.is_file():
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if {k: meta.get(k) for k in stamp} == stamp:
-                return f.get_tensor("latents"), meta["aperture"]
     try:
         pipe = FundusGen.from_pretrained(tc.sample_model, device=str(device))
     except (OSError, ValueError, RuntimeError, FundusgenError) as e:
@@ -237,6 +232,12 @@ def sample_latents(cfg: RecipeConfig, metas: list[dict], device, progress: bool 
     if what:
         raise FundusgenError(f"autoencoder.sample_model {tc.sample_model}: {what} differs from autoencoder.init "
                              f"{tc.init}'s, so its samples are not latents of the decoder refined")
+    networks = (pipe.autoencoder, pipe.denoiser, pipe.guide)
+    stamp = {"model": [module_digest(m) for m in networks if m is not None], "settings": pipe.config,
+             "data": data_digest(cfg.data), "n": tc.sample_n, "seed": cfg.seed, "side": tc.crop}
+    if cache_is_current(path, stamp):
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("latents"), f.metadata()["aperture"]
     g = torch.Generator().manual_seed(cfg.seed)
     chosen = torch.randperm(len(metas), generator=g)[:tc.sample_n].tolist()
     measured, _ = caption_sources(cfg.data)
@@ -247,7 +248,8 @@ def sample_latents(cfg: RecipeConfig, metas: list[dict], device, progress: bool 
         zs.append(pipe(prompts[i:i + 8], seed=seeds[i:i + 8], resolution=tc.crop, batch_size=8,
                        output_type="latent").latents.cpu())
     latents, aperture = torch.cat(zs).contiguous(), pipe.config.get("aperture", "none")
-    atomic_write_file(path, lambda tmp: save_file({"latents": latents}, str(tmp), metadata={**stamp, "aperture": aperture}))
+    atomic_write_file(path, lambda tmp: save_file({"latents": latents}, str(tmp),
+                                                  metadata={"stamp": stamp_text(stamp), "aperture": aperture}))
     return latents, aperture
 
 
