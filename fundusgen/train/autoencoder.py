@@ -95,10 +95,11 @@ def train_autoencoder(cfg: RecipeConfig, progress: bool = True) -> Path:
     ckpt_path = out / "checkpoint.pt"
     samples, sample_aperture = None, "none"
     if tc.sample_model:
-        if acc.is_main_process:
-            sample_latents(cfg, metas, acc.device, progress)  # drawn once; the other processes read them back
+        if acc.is_main_process:  # drawn once, by the first process; the others read them back
+            samples, sample_aperture = sample_latents(cfg, metas, acc.device, progress)
         acc.wait_for_everyone()
-        samples, sample_aperture = sample_latents(cfg, metas, acc.device, progress)
+        if not acc.is_main_process:
+            samples, sample_aperture = sample_latents(cfg, metas, acc.device, progress)
     start = 0
     state = load_checkpoint(ckpt_path)
     init = _load_init(tc, model) if tc.init and state is None else None
