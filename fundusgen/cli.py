@@ -102,7 +102,10 @@ def cmd_generate(args) -> int:
                                  resolution=args.resolution, aperture=args.aperture, time_shift=args.time_shift,
                                  negative_prompt=args.negative_prompt, contrast=args.contrast,
                                  guidance_interval=args.guidance_interval and list(args.guidance_interval),
-                                 autoguidance=args.autoguidance, seed_per_prompt=args.seed_per_prompt,
+                                 autoguidance=args.autoguidance, guidance_eta=args.guidance_eta,
+                                 guidance_momentum=args.guidance_momentum,
+                                 guidance_threshold=args.guidance_threshold, zero_star=args.zero_star,
+                                 zero_init_steps=args.zero_init_steps, seed_per_prompt=args.seed_per_prompt,
                                  progress=not args.quiet)
     print(f"wrote {len(written)} images, their JSON sidecars and contact_sheet.png to {args.out}")
     if args.anatomy_retries:
@@ -199,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoguidance", type=float, metavar="W",
                    help="autoguidance scale: also guide away from the model's weaker guide network given the same "
                         "prompt (Karras et al. 2024), v += (W - 1)(v - v_guide); 1 turns it off (default: the model's)")
+    p.add_argument("--guidance-eta", type=float, metavar="ETA",
+                   help="adaptive projected guidance (Sadat et al. 2024): keep ETA (0-1) of the guidance update "
+                        "parallel to the denoised prediction, the part that oversaturates; 1 is plain "
+                        "classifier-free guidance (default: the model's, 1)")
+    p.add_argument("--guidance-momentum", type=float, metavar="BETA",
+                   help="adaptive projected guidance: add BETA times the previous update (negative, e.g. -0.5, "
+                        "damps it; default: the model's, 0)")
+    p.add_argument("--guidance-threshold", type=float, metavar="R",
+                   help="adaptive projected guidance: shrink updates longer than R (latent units; 0 off; "
+                        "default: the model's, 0)")
+    p.add_argument("--zero-star", action=argparse.BooleanOptionalAction, default=None,
+                   help="CFG-Zero* (Fan et al. 2025): scale the unconditional velocity by its least-squares fit to "
+                        "the conditional one before guiding (default: the model's, off)")
+    p.add_argument("--zero-init-steps", type=int, metavar="K",
+                   help="CFG-Zero*'s zero initialisation: leave the noise as it is for the first K steps "
+                        "(default: the model's, 0)")
     p.add_argument("--sampler", help="euler | heun | midpoint (default euler)")
     p.add_argument("--time-shift", type=float, help="SD3 time shift of the sampling schedule: above 1 spends more "
                    "steps at high noise, where the layout forms (default: the model's, 1.0)")

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from fundusgen.model.flow import (RectifiedFlowLoss, guided, known_region, sample_euler, sample_heun, sample_midpoint,
-                                  sample_t, schedule, shift_t)
+from fundusgen.model.flow import (Projection, RectifiedFlowLoss, guided, known_region, sample_euler, sample_heun,
+                                  sample_midpoint, sample_t, schedule, shift_t, zero_init)
 
 
 def test_schedule_runs_from_noise_to_data_and_shift_spends_more_steps_at_high_noise():
@@ -112,6 +112,69 @@ def test_guidance_in_an_interval_guides_only_inside_it_and_uses_the_conditional_
     assert torch.allclose(v(None, torch.tensor([0.75])), torch.full_like(vc, 5.0))  # (low, high]
     assert torch.allclose(v(None, torch.tensor([0.875])), vc) and torch.allclose(v(None, torch.tensor([0.25])), vc)
     assert calls == [0.875, 0.25]  # outside the interval: one conditional pass, no unconditional one
+
+
+def test_projected_guidance_drops_the_update_parallel_to_the_denoised_prediction():
+    g = torch.Generator().manual_seed(0)
+    x, vc, vu = (torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    tt = t.view(-1, 1, 1, 1)
+    both = lambda x, t: (vc, vu)
+    cfg = guided(both, 4.0)(x, t)
+    # eta 1 with no momentum or threshold is classifier-free guidance, to the float
+    assert torch.allclose(guided(both, 4.0, projection=Projection(1.0))(x, t), cfg)
+    # by hand, on the denoised predictions x0 = x - t v: x0 = x0_c + (s - 1) d_orth, d_orth orthogonal to x0_c
+    x0c, x0u = x - tt * vc, x - tt * vu
+    d = x0c - x0u
+    unit = x0c / x0c.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    d_orth = d - (d * unit).flatten(1).sum(1).view(-1, 1, 1, 1) * unit
+    expected = (x - (x0c + 3.0 * d_orth)) / tt
+    v = guided(both, 4.0, projection=Projection(0.0))(x, t)
+    assert torch.allclose(v, expected)
+    x0 = x - tt * v
+    assert torch.allclose(((x0 - x0c) * x0c).flatten(1).sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-9)
+    # the threshold caps the update's length at r; other references (autoguidance) keep their plain terms
+    capped = x - tt * guided(both, 4.0, projection=Projection(1.0, threshold=0.1))(x, t)
+    assert torch.allclose((capped - x0c).flatten(1).norm(dim=1), torch.full((2,), 0.3, dtype=torch.float64))
+    vg = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
+    with_guide = guided(lambda x, t: (vc, vu, vg), (4.0, 2.0), projection=Projection(0.0))(x, t)
+    assert torch.allclose(with_guide, expected + (vc - vg))
+
+
+def test_projected_guidance_momentum_carries_the_previous_update_within_one_sampling_run():
+    x, t = torch.zeros(1, 1, 1, 2, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    updates = iter([(torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 0.0]]]]))] * 2)
+    v = guided(lambda x, t: next(updates), 2.0, projection=Projection(1.0, momentum=-0.5))
+    first, second = v(x, t), v(x, t)
+    # x0 = -v at x = 0, t = 1; the update d = x0_c - x0_u = (-1, 0); then d - 0.5 d_prev = (-0.5, 0)
+    assert torch.allclose(first, torch.tensor([[[[2.0, 0.0]]]], dtype=torch.float64))
+    assert torch.allclose(second, torch.tensor([[[[1.5, 0.0]]]], dtype=torch.float64))
+    fresh = guided(lambda x, t: (torch.tensor([[[[1.0, 0.0]]]]), torch.zeros(1, 1, 1, 2)), 2.0,
+                   projection=Projection(1.0, momentum=-0.5))
+    assert torch.allclose(fresh(x, t), first)  # a new run starts without momentum
+
+
+def test_zero_star_guides_from_the_unconditional_velocity_scaled_to_fit_the_conditional_one():
+    vc = torch.tensor([[[[2.0, 1.0]]], [[[1.0, 0.0]]]])
+    vu = torch.tensor([[[[1.0, 0.0]]], [[[2.0, 2.0]]]])
+    # s* = <v_c, v_u> / |v_u|^2 per image: 2 and 1/4; v = s* v_u + s (v_c - s* v_u)
+    star = torch.tensor([2.0, 0.25]).view(-1, 1, 1, 1)
+    expected = star * vu + 4.0 * (vc - star * vu)
+    assert torch.allclose(guided(lambda x, t: (vc, vu), 4.0, zero_star=True)(None, None), expected)
+    # a v_u parallel to v_c differs only in scale: it fits v_c exactly, and nothing is left to guide by
+    assert torch.allclose(guided(lambda x, t: (vc, vc / 2), 4.0, zero_star=True)(None, None), vc)
+
+
+def test_zero_init_leaves_the_noise_alone_for_the_first_steps_and_skips_the_network():
+    calls = []
+
+    def v(x, t):
+        calls.append(round(float(t[0]), 2))
+        return torch.ones_like(x)
+    ts = schedule(4)
+    x = sample_euler(zero_init(v, float(ts[1])), torch.zeros(1, 1, 1, 1), ts)
+    assert calls == [0.75, 0.5, 0.25]  # t = 1 not evaluated
+    assert float(x) == pytest.approx(-0.75)  # three of the four steps of length 1/4 moved x
 
 
 @pytest.mark.parametrize("sampler", [sample_euler, sample_heun, sample_midpoint])

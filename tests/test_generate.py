@@ -136,6 +136,49 @@ def test_a_guidance_interval_changes_the_draw_and_is_recorded_and_resumes(live_m
     assert main(args) == 0 and (out / "000_seed2.png").stat().st_mtime_ns == stamp  # a re-run keeps the image
 
 
+def test_projected_guidance_changes_the_draw_and_is_recorded(live_model, tmp_path):
+    pipe = FundusGen.from_pretrained(live_model)
+    plain = pipe("left eye", seed=2)
+    same = pipe("left eye", seed=2, guidance_eta=1.0, guidance_momentum=0.0, guidance_threshold=0.0)
+    apg = pipe("left eye", seed=2, guidance_eta=0.0, guidance_momentum=-0.5)
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(same.images[0]))
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(apg.images[0]))
+    assert (plain.metadata[0]["guidance_eta"], apg.metadata[0]["guidance_eta"]) == (1.0, 0.0)
+    assert apg.metadata[0]["guidance_momentum"] == -0.5 and apg.metadata[0]["guidance_threshold"] == 0.0
+    # without classifier-free guidance there is nothing to project: the unguided draw
+    unguided = pipe("left eye", seed=2, guidance=1.0)
+    assert np.array_equal(np.asarray(pipe("left eye", seed=2, guidance=1.0, guidance_eta=0.0).images[0]),
+                          np.asarray(unguided.images[0]))
+    out = tmp_path / "apg"
+    assert main(["generate", "left eye", "-n", "1", "--seed", "2", "--guidance-eta", "0", "--guidance-momentum", "-0.5",
+                 "-o", str(out), "--model", str(live_model), "--quiet"]) == 0
+    assert json.loads((out / "000_seed2.json").read_text())["guidance_eta"] == 0.0
+    assert np.array_equal(np.asarray(Image.open(out / "000_seed2.png").convert("RGB")), np.asarray(apg.images[0]))
+    for bad, match in [(dict(guidance_eta=1.5), "guidance eta must be 0-1"),
+                       (dict(guidance_momentum=1.0), "guidance momentum must be between -1 and 1"),
+                       (dict(guidance_threshold=-1.0), "guidance threshold must be 0")]:
+        with pytest.raises(FundusgenError, match=match):
+            pipe("left eye", **bad)
+
+
+def test_cfg_zero_star_changes_the_draw_and_is_recorded(live_model, tmp_path):
+    pipe = FundusGen.from_pretrained(live_model)
+    plain = pipe("left eye", seed=2)
+    star = pipe("left eye", seed=2, zero_star=True, zero_init_steps=1)
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(star.images[0]))
+    assert (plain.metadata[0]["zero_star"], plain.metadata[0]["zero_init_steps"]) == (False, 0)
+    assert (star.metadata[0]["zero_star"], star.metadata[0]["zero_init_steps"]) == (True, 1)
+    for setting in (dict(zero_star=True), dict(zero_init_steps=1)):  # each half changes the draw by itself
+        assert not np.array_equal(np.asarray(pipe("left eye", seed=2, **setting).images[0]), np.asarray(plain.images[0]))
+    out = tmp_path / "zstar"
+    assert main(["generate", "left eye", "-n", "1", "--seed", "2", "--zero-star", "--zero-init-steps", "1",
+                 "-o", str(out), "--model", str(live_model), "--quiet"]) == 0
+    assert json.loads((out / "000_seed2.json").read_text())["zero_star"] is True
+    assert np.array_equal(np.asarray(Image.open(out / "000_seed2.png").convert("RGB")), np.asarray(star.images[0]))
+    with pytest.raises(FundusgenError, match="zero-init steps must be 0"):
+        pipe("left eye", steps=4, zero_init_steps=4)
+
+
 @pytest.fixture(scope="module")
 def guided_model(live_model, tmp_path_factory):
     """The live model with a guide network: a copy of its denoiser, perturbed again (another network)."""

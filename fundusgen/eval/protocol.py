@@ -22,7 +22,9 @@ so the anatomy outcomes pair up)::
     python -m fundusgen.eval.protocol run out/h200 --prepared data/prepared512 --model runs/h200/model
     python -m fundusgen.eval.protocol table out/shipped out/h200
 
-``--steps``, ``--sampler``, ``--guidance`` and ``--time-shift`` measure a sampling setting (recorded
+``--steps``, ``--sampler``, ``--guidance``, ``--guidance-eta`` / ``--guidance-momentum`` /
+``--guidance-threshold`` (adaptive projected guidance), ``--zero-star`` / ``--zero-init-steps`` (CFG-Zero*)
+and ``--time-shift`` measure a sampling setting (recorded
 under ``settings`` in the summary and in the table's row label). ``--anatomy-retries K`` measures the
 images as ``fundusgen generate --anatomy-retries K`` (and ``make demo``) draws them: the anatomy
 figures then judge a set the check already filtered.
@@ -37,6 +39,8 @@ from fundusgen.errors import FundusgenError
 
 REAL_SET = "test"          # the reference set's name in the records report
 MAX_REAL_ANATOMY = 300     # real test photographs through the anatomy check (the card's protocol)
+GUIDANCE_VARIANTS = ("guidance_eta", "guidance_momentum", "guidance_threshold",  # adaptive projected guidance
+                     "zero_star", "zero_init_steps")                              # CFG-Zero*
 
 
 def _get(d, *path):
@@ -118,7 +122,8 @@ def run_protocol(out: Path, prepared: Path, model: str | None = None, records_n:
                  anatomy_retries: int = 0, cache_dir: Path | None = None, progress: bool = True,
                  **sampling) -> dict:
     """Draw and score both sets under ``out``; returns (and writes) ``summary.json``. ``sampling``:
-    settings of the pipeline (``steps``, ``sampler``, ``guidance``, ``time_shift``; None: the model's own)."""
+    settings of the pipeline (``steps``, ``sampler``, ``guidance``, ``guidance_eta``, ``guidance_momentum``,
+    ``guidance_threshold``, ``zero_star``, ``zero_init_steps``, ``time_shift``; None: the model's own)."""
     from fundusgen.data.shards import atomic_write_text
     from fundusgen.eval.faithfulness import evaluate_faithfulness, generate_prompt_set, record_cells
     from fundusgen.eval.report import EvaluateConfig, RealSet, evaluate
@@ -169,8 +174,9 @@ def _name(folder: Path, summary: dict, n) -> str:
     where they are not the model's own."""
     settings = summary["settings"]
     parts = [str(n)] + [f"{key.replace('_', ' ')} {settings[key]}"
-                        for key in ("sampler", "steps", "guidance", "time_shift", "anatomy_retries")
-                        if settings.get(key)]
+                        for key in ("sampler", "steps", "guidance", *GUIDANCE_VARIANTS, "time_shift",
+                                    "anatomy_retries")
+                        if settings.get(key) is not None and (settings[key] or key == "guidance_eta")]
     return f"{Path(folder).name} ({', '.join(parts)})"
 
 
@@ -298,6 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     r.add_argument("--sampler", help="euler | heun | midpoint (default: the model's)")
     r.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    r.add_argument("--guidance-eta", type=float, metavar="ETA",
+                   help="adaptive projected guidance: share kept of the update parallel to the denoised "
+                        "prediction (1: classifier-free guidance; default: the model's)")
+    r.add_argument("--guidance-momentum", type=float, help="adaptive projected guidance's momentum (default: the model's)")
+    r.add_argument("--guidance-threshold", type=float,
+                   help="adaptive projected guidance's norm threshold, 0 off (default: the model's)")
+    r.add_argument("--zero-star", action=argparse.BooleanOptionalAction, default=None,
+                   help="CFG-Zero*'s scaled unconditional velocity (default: the model's)")
+    r.add_argument("--zero-init-steps", type=int, help="CFG-Zero*'s zero-initialised steps (default: the model's)")
     r.add_argument("--time-shift", type=float, help="the sampling schedule's SD3 shift (default: the model's)")
     r.add_argument("--cache", help="feature cache folder (default as `fundusgen evaluate`)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -309,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             run_protocol(Path(args.out), Path(args.prepared), args.model, args.records_n, args.per_cell,
                          args.anatomy_retries, Path(args.cache) if args.cache else None, progress=not args.quiet,
                          steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                         time_shift=args.time_shift)
+                         time_shift=args.time_shift,
+                         **{key: getattr(args, key) for key in GUIDANCE_VARIANTS})
             print(markdown_tables([Path(args.out)]))
             print(f"wrote {Path(args.out) / 'summary.json'}")
         else:

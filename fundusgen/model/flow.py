@@ -7,9 +7,12 @@ velocity function, in the k-diffusion style: no state, easy to test, easy to add
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
+from diffusers.guiders.classifier_free_zero_star_guidance import cfg_zero_star_scale
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -60,9 +63,40 @@ def schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
     return shift_t(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
+@dataclass(frozen=True)
+class Projection:
+    """Adaptive projected guidance (APG; Sadat et al. 2024) of the classifier-free term, on the
+    denoised predictions x0 = x_t - t v. The difference d = x0_c - x0_u is split into its part
+    parallel to x0_c, which mostly raises contrast and saturation at high scales, and the
+    orthogonal rest; guidance keeps ``eta`` of the parallel part:
+        x0 = x0_c + (s - 1) (d_orth + eta d_par),   d <- d + momentum d_prev,   d <- d min(1, r / |d|)
+    with r = ``threshold`` (0: no rescaling). eta 1, momentum 0, threshold 0 is classifier-free
+    guidance exactly. The momentum is over velocity evaluations (two per step for Heun)."""
+    eta: float = 0.0
+    momentum: float = 0.0
+    threshold: float = 0.0
+
+    @property
+    def off(self) -> bool:
+        return self.eta == 1.0 and self.momentum == 0.0 and self.threshold == 0.0
+
+    def guide(self, scale: float, buffer: MomentumBuffer | None) -> Callable:
+        """(x, t, v_c, v_u) -> the guided velocity; ``buffer`` holds the momentum of one sampling run.
+        The projection itself is diffusers' (``normalized_guidance``, the APG guider's maths)."""
+        def v(x, t, vc, vu):
+            tt = t.view(-1, *[1] * (x.dim() - 1))
+            x0c, x0u = x - tt * vc, x - tt * vu
+            # diffusers' "original formulation" is x0_c + w (update), Ho & Salimans' w: here s - 1
+            x0 = normalized_guidance(x0c, x0u, scale - 1.0, buffer, self.eta, self.threshold,
+                                     use_original_formulation=True)
+            return (x - x0) / tt
+        return v
+
+
 def guided(velocities: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
            scale: float | tuple[float, ...], interval: tuple[float, float] = (0.0, 1.0),
-           conditional: Velocity | None = None) -> Velocity:
+           conditional: Velocity | None = None, projection: Projection | None = None,
+           zero_star: bool = False) -> Velocity:
     """Guidance on every latent channel: v = v_c + sum_k (s_k - 1) (v_c - v_k), with
     ``velocities(x, t) -> (v_c, v_1, ...)`` and one scale s_k per reference velocity v_k.
 
@@ -73,10 +107,19 @@ def guided(velocities: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor
     references at once add both terms.
 
     Guidance in an interval (Kynkaanniemi et al. 2024): only at times low < t <= high; elsewhere
-    v = v_c, from ``conditional(x, t)`` (the conditional pass alone) when given."""
+    v = v_c, from ``conditional(x, t)`` (the conditional pass alone) when given.
+
+    ``projection`` (the first reference being the unconditional velocity) replaces the
+    classifier-free term by adaptive projected guidance (``Projection``); other references add
+    their plain terms. ``zero_star`` scales the unconditional velocity by the least-squares factor
+    s* = <v_c, v_u> / |v_u|^2 (per image) before guiding, v = s* v_u + s (v_c - s* v_u): CFG-Zero*
+    (Fan et al. 2025), whose point is that an imperfectly trained flow's v_u is off in scale
+    early on (``zero_init`` is its other half)."""
     scales = (scale,) if isinstance(scale, (int, float)) else tuple(scale)
     low, high = interval
     always = low <= 0.0 and high >= 1.0
+    apg = None if projection is None or projection.off else projection.guide(
+        scales[0], MomentumBuffer(projection.momentum) if projection.momentum else None)
 
     def v(x, t):
         if not always and not low < float(t[0]) <= high:
@@ -84,6 +127,13 @@ def guided(velocities: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor
         vc, *refs = velocities(x, t)
         if len(refs) != len(scales):
             raise ValueError(f"{len(refs)} reference velocities for {len(scales)} guidance scales")
+        if zero_star:
+            refs[0] = refs[0] * cfg_zero_star_scale(vc.flatten(1), refs[0].flatten(1)).view(-1, *[1] * (vc.dim() - 1))
+        if apg is not None:
+            out = apg(x, t, vc, refs[0])
+            for s, vr in zip(scales[1:], refs[1:]):
+                out = out + (s - 1) * (vc - vr)
+            return out
         if len(refs) == 1:  # the classic form v_r + s (v_c - v_r): the same floats, so the same images, as before
             return refs[0] + scales[0] * (vc - refs[0])
         out = vc
@@ -91,6 +141,15 @@ def guided(velocities: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor
             out = out + (s - 1) * (vc - vr)
         return out
     return v
+
+
+def zero_init(v: Velocity, after: float) -> Velocity:
+    """CFG-Zero*'s zero initialisation (Fan et al. 2025): velocity 0 at times t > ``after``, so the
+    first steps leave the noise as it is; the network's first, least reliable estimates (at pure
+    noise) are not followed. The network is not run there."""
+    def zeroed(x, t):
+        return torch.zeros_like(x) if float(t[0]) > after else v(x, t)
+    return zeroed
 
 
 def known_region(v: Velocity, noise: torch.Tensor, x0: torch.Tensor, known: torch.Tensor) -> Velocity:

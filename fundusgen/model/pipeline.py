@@ -24,7 +24,7 @@ from fundusgen.data.fundus import aperture as aperture_disk
 from fundusgen.errors import FundusgenError
 from fundusgen.model.autoencoder import FundusAutoencoder
 from fundusgen.model.dit import DiT
-from fundusgen.model.flow import SAMPLERS, guided, known_region, schedule
+from fundusgen.model.flow import SAMPLERS, Projection, guided, known_region, schedule, zero_init
 from fundusgen.model.text_encoder import TextEncoder
 
 MODEL_INDEX = "model_index.json"
@@ -107,7 +107,7 @@ class FundusGen:
         (path / MODEL_INDEX).write_text(json.dumps({"_class_name": "FundusGen", **self.config}, indent=2))
 
     def _check(self, prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift,
-               negatives=(), interval=(0.0, 1.0), autoguidance=1.0):
+               negatives=(), interval=(0.0, 1.0), autoguidance=1.0, projection=Projection(1.0), zero_init_steps=0):
         if not 0.1 <= time_shift <= 10.0:
             raise FundusgenError(f"time shift must be 0.1-10 (got {time_shift})")
         lo, hi = interval
@@ -122,10 +122,18 @@ class FundusGen:
             raise FundusgenError(f"number of images must be at least 1 (got {num_images})")
         if not 1 <= steps <= 1000:
             raise FundusgenError(f"steps must be 1-1000 (got {steps})")
+        if not 0 <= zero_init_steps < steps:
+            raise FundusgenError(f"zero-init steps must be 0 (off) to {steps - 1}, fewer than the steps (got {zero_init_steps})")
         if not 0.0 <= guidance <= 30.0:
             raise FundusgenError(f"guidance must be 0-30 (got {guidance})")
         if not 0.0 <= autoguidance <= 30.0:
             raise FundusgenError(f"autoguidance must be 0-30 (got {autoguidance})")
+        if not 0.0 <= projection.eta <= 1.0:
+            raise FundusgenError(f"guidance eta must be 0-1 (got {projection.eta})")
+        if not -1.0 < projection.momentum < 1.0:
+            raise FundusgenError(f"guidance momentum must be between -1 and 1 (got {projection.momentum})")
+        if not projection.threshold >= 0.0:
+            raise FundusgenError(f"guidance threshold must be 0 (off) or positive (got {projection.threshold})")
         if autoguidance != 1.0 and self.guide is None:
             raise FundusgenError(f"autoguidance {autoguidance} needs a guide network, and model {self.name!r} has "
                                  f"none (no {GUIDE}/ folder); use 1 (off)")
@@ -143,6 +151,9 @@ class FundusGen:
                  aperture: str | None = None, time_shift: float | None = None,
                  negative_prompt: str | list[str] | None = None,
                  guidance_interval: tuple[float, float] | None = None, autoguidance: float | None = None,
+                 guidance_eta: float | None = None, guidance_momentum: float | None = None,
+                 guidance_threshold: float | None = None, zero_star: bool | None = None,
+                 zero_init_steps: int | None = None,
                  batch_size: int = 4, callback=None, output_type: str = "pil") -> GenerationResult:
         """``num_images`` images per prompt. Image i of a call uses seed + i, so a given
         (prompt, seed) gives the same image whatever the batch or count (up to one grey level when
@@ -156,6 +167,12 @@ class FundusGen:
         ``autoguidance`` w (1: off) adds w - 1 times the difference between the denoiser's velocity and
         its weaker guide network's for the same caption (Karras et al. 2024; the model folder's
         ``guide/``), on top of classifier-free guidance (``guidance`` 1 leaves autoguidance alone).
+        ``guidance_eta`` < 1, ``guidance_momentum`` or ``guidance_threshold`` turn classifier-free
+        guidance into adaptive projected guidance (Sadat et al. 2024; ``flow.Projection``): eta is the
+        share kept of the update parallel to the denoised prediction (1, 0, 0: plain guidance).
+        ``zero_star`` scales the unconditional velocity by its least-squares fit to the conditional one
+        before guiding, and ``zero_init_steps`` k leaves the noise as it is for the first k steps
+        (CFG-Zero*, Fan et al. 2025; ``flow.guided``, ``flow.zero_init``).
         ``output_type`` "latent" returns the sampled latents in the autoencoder's raw units (``latents``,
         no images), as diffusers' pipelines do: what a decoder is refined on (``autoencoder.sample_model``)."""
         if output_type not in ("pil", "latent"):
@@ -171,12 +188,17 @@ class FundusGen:
         steps = self.config.get("steps", 25) if steps is None else steps
         guidance = self.config.get("guidance", 4.0) if guidance is None else guidance
         autoguidance = self.config.get("autoguidance", 1.0) if autoguidance is None else autoguidance
+        projection = Projection(*(self.config.get(k, d) if v is None else v for k, d, v in (
+            ("guidance_eta", 1.0, guidance_eta), ("guidance_momentum", 0.0, guidance_momentum),
+            ("guidance_threshold", 0.0, guidance_threshold))))
+        zero_star = bool(self.config.get("zero_star", False) if zero_star is None else zero_star)
+        zero_init_steps = self.config.get("zero_init_steps", 0) if zero_init_steps is None else zero_init_steps
         sampler = sampler or self.config.get("sampler", "euler")
         resolution = resolution or self.config.get("resolution", 256)
         aperture = aperture or self.config.get("aperture", "none")
         time_shift = self.config.get("time_shift", 1.0) if time_shift is None else time_shift
         self._check(prompts, num_images, steps, guidance, resolution, sampler, aperture, time_shift, negatives,
-                    interval, autoguidance)
+                    interval, autoguidance, projection, zero_init_steps)
         seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise FundusgenError(f"{len(seeds)} seeds for {len(prompts)} prompts (give one, or one each)")
@@ -189,7 +211,7 @@ class FundusGen:
             null_states, null_mask = self.text_encoder.encode([n for _, n, _ in chunk])
             x = self._sample(states, mask, null_states, null_mask, [s for _, _, s in chunk], steps,
                              (guidance, autoguidance), sampler, resolution, aperture, time_shift, interval,
-                             callback=None if callback is None
+                             projection, zero_star, zero_init_steps, callback=None if callback is None
                              else (lambda i, n, base=done, k=len(chunk): callback(base + k * i / n, len(jobs))))
             done += len(chunk)
             if output_type == "latent":
@@ -200,11 +222,14 @@ class FundusGen:
                 meta.append({"prompt": p, "seed": s, "steps": steps, "guidance": guidance, "sampler": sampler,
                              "resolution": resolution, "aperture": aperture, "time_shift": time_shift,
                              "negative_prompt": n, "guidance_interval": list(interval),
-                             "autoguidance": autoguidance, "model": self.name})
+                             "autoguidance": autoguidance, "guidance_eta": projection.eta,
+                             "guidance_momentum": projection.momentum, "guidance_threshold": projection.threshold,
+                             "zero_star": zero_star, "zero_init_steps": zero_init_steps,
+                             "model": self.name})
         return GenerationResult(images, meta, torch.cat(latents) if latents else None)
 
     def _sample(self, states, mask, null_states, null_mask, seeds, steps, scales, sampler, resolution, aperture,
-                time_shift, interval, callback):
+                time_shift, interval, projection, zero_star, zero_init_steps, callback):
         """Latents sampled (normalised); ``scales`` = (classifier-free scale, autoguidance scale)."""
         dev, dtype = self.device, next(self.denoiser.parameters()).dtype
         c = self.denoiser.config.in_channels
@@ -237,11 +262,16 @@ class FundusGen:
             return out
 
         active = tuple(s for s in (cfg, auto) if s != 1.0)
-        v = guided(velocities, active, interval, conditional) if active else conditional
+        guide_unconditional = cfg != 1.0  # APG and CFG-Zero*'s scale act on the classifier-free term only
+        v = (guided(velocities, active, interval, conditional, projection if guide_unconditional else None,
+                    zero_star and guide_unconditional) if active else conditional)
+        ts = schedule(steps, time_shift).to(dev)
+        if zero_init_steps:
+            v = zero_init(v, float(ts[zero_init_steps]))
         if aperture == "circle":
             surround, known = self._aperture(resolution)
             v = known_region(v, x, surround.to(x), known)
-        return SAMPLERS[sampler](v, x, schedule(steps, time_shift).to(dev), callback)
+        return SAMPLERS[sampler](v, x, ts, callback)
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, aperture: str = "none") -> torch.Tensor:
