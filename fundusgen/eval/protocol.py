@@ -176,7 +176,7 @@ def _name(folder: Path, summary: dict, n) -> str:
     parts = [str(n)] + [f"{key.replace('_', ' ')} {settings[key]}"
                         for key in ("sampler", "steps", "guidance", *GUIDANCE_VARIANTS, "time_shift",
                                     "anatomy_retries")
-                        if settings.get(key) is not None and (settings[key] or key == "guidance_eta")]
+                        if settings.get(key) is not None and (settings[key] or key != "anatomy_retries")]
     return f"{Path(folder).name} ({', '.join(parts)})"
 
 

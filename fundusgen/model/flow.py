@@ -146,7 +146,8 @@ def guided(velocities: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor
 def zero_init(v: Velocity, after: float) -> Velocity:
     """CFG-Zero*'s zero initialisation (Fan et al. 2025): velocity 0 at times t > ``after``, so the
     first steps leave the noise as it is; the network's first, least reliable estimates (at pure
-    noise) are not followed. The network is not run there."""
+    noise) are not followed. The network is not run there. (Heun's corrector for the last zeroed
+    step evaluates the network at that step's end, so there the step is half a step.)"""
     def zeroed(x, t):
         return torch.zeros_like(x) if float(t[0]) > after else v(x, t)
     return zeroed
