@@ -129,15 +129,11 @@ def guided(velocities: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor
             raise ValueError(f"{len(refs)} reference velocities for {len(scales)} guidance scales")
         if zero_star:
             refs[0] = refs[0] * cfg_zero_star_scale(vc.flatten(1), refs[0].flatten(1)).view(-1, *[1] * (vc.dim() - 1))
-        if apg is not None:
-            out = apg(x, t, vc, refs[0])
-            for s, vr in zip(scales[1:], refs[1:]):
-                out = out + (s - 1) * (vc - vr)
-            return out
-        if len(refs) == 1:  # the classic form v_r + s (v_c - v_r): the same floats, so the same images, as before
+        if apg is None and len(refs) == 1:  # the classic form v_r + s (v_c - v_r): the same floats as before
             return refs[0] + scales[0] * (vc - refs[0])
-        out = vc
-        for s, vr in zip(scales, refs):
+        # APG replaces the classifier-free term; every other reference adds its plain term
+        out, rest = (apg(x, t, vc, refs[0]), 1) if apg is not None else (vc, 0)
+        for s, vr in zip(scales[rest:], refs[rest:]):
             out = out + (s - 1) * (vc - vr)
         return out
     return v
